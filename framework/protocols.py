@@ -61,6 +61,12 @@ class Dataset(torch.utils.data.Dataset, ABC):
         ...
 
     @classmethod
+    def is_prepared(cls, params: Any) -> bool:
+        """Whether :meth:`prepare` has already produced what ``__init__`` needs (the runner prepares
+        automatically, with a message, when it has not)."""
+        return True
+
+    @classmethod
     def prepare(cls, params: Any) -> str:
         """Obtain or convert the data once (``python -m framework prepare SPEC``); return a summary line.
 
