@@ -1,0 +1,7 @@
+"""Entry point of ``python -m framework``."""
+
+import sys
+
+from framework.cli import main
+
+sys.exit(main())

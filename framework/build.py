@@ -1,0 +1,60 @@
+"""From a validated :class:`framework.spec.Spec` to built components.
+
+Explicit builder functions, each constructing one plugin as ``cls(params, **injected)`` with the keyword
+arguments documented in :mod:`framework.protocols`. The order matters: the dataset defines the data
+shape, the representation is built for it, the model for the representation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from framework.errors import DataError, FrameworkError
+from framework.protocols import Dataset, Loss, Metric, Model, Representation
+from framework.runtime import Runtime
+from framework.spec import PluginBlock, Spec
+
+
+@dataclasses.dataclass
+class Components:
+    dataset: Dataset
+    representation: Representation
+    loss: Loss
+    model: Model
+    metrics: list[Metric]
+
+
+def _construct(block: PluginBlock, what: str, **injected):
+    try:
+        return block.cls(block.params, **injected)
+    except FrameworkError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise FrameworkError(f"{what} '{block.name}': {exc}") from exc
+
+
+def ensure_prepared(block: PluginBlock, log=print) -> None:
+    """Prepare the dataset's data when it is missing (``python -m framework prepare`` does it explicitly)."""
+    if not block.cls.is_prepared(block.params):
+        log(f"dataset '{block.name}': data not prepared yet; preparing now "
+            f"(the same as `python -m framework prepare SPEC`)")
+        log(block.cls.prepare(block.params))
+
+
+def build_dataset(spec: Spec, split: str) -> Dataset:
+    ds = _construct(spec.dataset, "dataset", split=split)
+    if len(ds) == 0:
+        raise DataError(f"dataset '{spec.dataset.name}' split '{split}' is empty; check dataset.params")
+    return ds
+
+
+def build(spec: Spec, runtime: Runtime, dataset: Dataset | None = None) -> Components:
+    dataset = dataset or build_dataset(spec, "train")
+    info = dataset.info
+    representation = _construct(spec.representation, "representation", data_info=info).to(runtime.device)
+    loss = _construct(spec.loss, "loss", weights=spec.loss.weights)
+    model = _construct(spec.model, "model", representation=representation, loss=loss, data_info=info,
+                       runtime=runtime).to(runtime.device)
+    metrics = [_construct(m, "metric", representation=representation, data_info=info, runtime=runtime)
+               for m in spec.metrics]
+    return Components(dataset, representation, loss, model, metrics)

@@ -1,0 +1,175 @@
+"""``python -m framework``: run | validate | plugins | prepare | generate | ui, plus plugin commands.
+
+Every FrameworkError is printed as one ``error: ...`` line (what, where, what to do) and exits with
+status 2; a bug prints its traceback. Plugin packages add subcommands through the
+``register_commands`` hook (the audio front end's ``analyze`` comes that way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from framework.errors import FrameworkError  # noqa: E402
+
+
+def _registries():
+    from framework.plugin_manager import collect_registries
+
+    return collect_registries()
+
+
+def _load(args, registries):
+    from framework.spec import load_spec
+
+    return load_spec(args.spec, registries, sets=args.set or [], smoke=getattr(args, "smoke", False))
+
+
+def cmd_validate(args) -> int:
+    spec = _load(args, _registries())
+    names = f"dataset={spec.dataset.name} representation={spec.representation.name} model={spec.model.name} " \
+            f"loss={spec.loss.name} metrics=[{', '.join(m.name for m in spec.metrics)}]"
+    print(f"{args.spec}: valid ({names}; spec sha256 {spec.sha256[:12]})")
+    if args.print:
+        import yaml
+
+        print(yaml.safe_dump(spec.resolved, sort_keys=False))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from framework.runner import run
+
+    registries = _registries()
+    spec = _load(args, registries)
+    result = run(spec, registries, tracking_uri=args.tracking_uri, device=args.device, resume_run_id=args.resume)
+    from framework.tracking import tracking_uri
+
+    print(f"\nrun {result.run_id}: {result.status} after {result.step} steps")
+    print(f"  samples, plots, checkpoint: {result.run_dir}/")
+    shown = {k: v for k, v in result.metrics.items() if k.startswith(("eval/", "energy/"))}
+    for k, v in shown.items():
+        print(f"  {k} = {v:.6g}")
+    uri = tracking_uri(args.tracking_uri)
+    print(f"  compare runs in the MLflow UI: python -m framework ui" +
+          ("" if uri == "sqlite:///mlflow.db" else f" --tracking-uri {uri}") + "  (then open http://127.0.0.1:5000)")
+    return 0 if result.status == "FINISHED" else 1
+
+
+def cmd_prepare(args) -> int:
+    spec = _load(args, _registries())
+    print(spec.dataset.cls.prepare(spec.dataset.params))
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from framework.plugin_manager import collect_commands
+
+    registries = _registries()
+    for kind, reg in registries.items():
+        print(f"{kind}:")
+        for e in reg:
+            print(f"  {e.name:<16} {e.cls.__name__:<20} {e.module}  [{e.distribution}]")
+    commands = collect_commands()
+    if commands:
+        print("commands:")
+        for name, (_, _, help_, module) in sorted(commands.items()):
+            print(f"  {name:<16} {help_}  ({module})")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from framework.tracking import serve_ui
+
+    return serve_ui(args.tracking_uri, args.port)
+
+
+def cmd_generate(args) -> int:
+    from framework.generate import generate
+
+    paths = generate(run_id=args.run, checkpoint_path=args.checkpoint, n=args.n, seconds=args.seconds,
+                     truncation=args.truncation, out=Path(args.out), device=args.device, batch=args.batch,
+                     tracking_uri=args.tracking_uri, seed=args.seed)
+    print(f"wrote {len(paths)} files to {args.out}/")
+    return 0
+
+
+def build_parser(commands=None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m framework", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def spec_args(sp, smoke=True):
+        sp.add_argument("spec", help="experiment YAML, e.g. experiments/mnist_dcgan.yaml")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a key (value parsed as YAML), applied last; repeatable")
+        if smoke:
+            sp.add_argument("--smoke", action="store_true", help="apply the spec's smoke: overlay (tiny, CI-sized)")
+
+    r = sub.add_parser("run", help="train an experiment and log it to MLflow")
+    spec_args(r)
+    r.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint")
+    r.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    r.add_argument("--device", help="cpu | cuda | cuda:N (default: the spec's train.device, auto)")
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("validate", help="check a spec against the registered plugins without running it")
+    spec_args(v)
+    v.add_argument("--print", action="store_true", help="print the resolved spec")
+    v.set_defaults(func=cmd_validate)
+
+    pr = sub.add_parser("prepare", help="obtain / convert the spec's dataset once")
+    spec_args(pr)
+    pr.set_defaults(func=cmd_prepare)
+
+    pl = sub.add_parser("plugins", help="list registered plugins with their module and distribution")
+    pl.set_defaults(func=cmd_plugins)
+
+    u = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1")
+    u.add_argument("--tracking-uri")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=cmd_ui)
+
+    g = sub.add_parser("generate", help="generate samples from a trained run or checkpoint")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", metavar="RUN_ID")
+    src.add_argument("--checkpoint", metavar="PATH")
+    g.add_argument("--n", type=int, default=4)
+    g.add_argument("--seconds", type=float, default=None, help="audio length (default: the training length)")
+    g.add_argument("--truncation", type=float, default=None, help="truncated-normal latents |z| <= this")
+    g.add_argument("--out", default="outputs/generate")
+    g.add_argument("--batch", type=int, default=8)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device")
+    g.add_argument("--tracking-uri")
+    g.set_defaults(func=cmd_generate)
+
+    for name, (run_fn, add_arguments, help_, _module) in sorted((commands or {}).items()):
+        if name in sub.choices:
+            raise FrameworkError(f"plugin command '{name}' clashes with a core command")
+        c = sub.add_parser(name, help=help_)
+        add_arguments(c)
+        c.set_defaults(func=run_fn)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        from framework.plugin_manager import collect_commands
+
+        parser = build_parser(collect_commands())
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except FrameworkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

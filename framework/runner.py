@@ -1,0 +1,378 @@
+"""The training loop: the one owner of devices, seeds, the step loop, cadence, checkpoints and signals.
+
+One call of :func:`run` = one MLflow run. Per step: draw this rank's batch ``(B, *data.shape)``, move it
+to the device, encode it without gradients to ``(B, *representation.shape)``, and call
+``model.train_step``. Every ``log_every`` steps the losses are checked for NaN/inf and logged (the only
+host-device synchronisation of the loop); metrics, samples and checkpoints follow their own cadence.
+
+Failure handling: a non-finite loss stops the run before the next checkpoint (the last good one stays);
+SIGINT/SIGTERM checkpoint and end the run KILLED; any other exception ends it FAILED with the traceback
+logged as an artifact. ``resume_run_id`` reopens the same MLflow run from its last checkpoint with the
+same RNG streams and data positions, so the losses that follow equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import platform
+import random
+import signal
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import yaml
+
+from framework import artifacts, checkpoint
+from framework.build import Components, build, build_dataset, ensure_prepared
+from framework.data import eval_loader, train_loader
+from framework.energy import EnergyMeter
+from framework.errors import CheckpointError, NonFiniteLossError, SpecError
+from framework.runtime import Runtime, resolve_precision
+from framework.spec import Spec, flatten
+from framework.tracking import Tracker
+
+
+def runs_dir() -> Path:
+    """Local folder of per-run files (checkpoints, samples): ``FRAMEWORK_RUNS_DIR`` or ``./runs``."""
+    return Path(os.environ.get("FRAMEWORK_RUNS_DIR", "runs"))
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_id: str
+    status: str
+    step: int
+    run_dir: Path
+    metrics: dict[str, float]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def choose_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError(f"device '{requested}' requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def make_runtime(spec: Spec, device: str | None = None) -> Runtime:
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    dev = choose_device(device or spec.train.device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True
+    return Runtime(device=dev, precision=resolve_precision(spec.train.precision, dev), compile=spec.train.compile,
+                   rank=rank, world_size=world)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(spec: Spec, comps: Components, runtime: Runtime, registries) -> dict[str, str]:
+    tags = {"spec.path": spec.path, "spec.sha256": spec.sha256, "spec.smoke": str(spec.smoke),
+            "git.commit": _git_commit(), "device": str(runtime.device), "precision": runtime.precision,
+            "world_size": str(runtime.world_size), "torch.version": torch.__version__,
+            "python.version": platform.python_version()}
+    if runtime.device.type == "cuda":
+        tags["device.name"] = torch.cuda.get_device_name(runtime.device)
+    for block, kind in ((spec.dataset, "datasets"), (spec.representation, "representations"),
+                        (spec.model, "models"), (spec.loss, "losses")) + tuple((m, "metrics") for m in spec.metrics):
+        entry = registries[kind].get(block.name)
+        tags[f"plugin.{kind}.{block.name}"] = f"{entry.module} ({entry.distribution})"
+    tags.update({str(k): str(v) for k, v in comps.dataset.info.tags.items()})
+    return tags
+
+
+class _Stop:
+    """SIGINT/SIGTERM set a flag that the loop checks between steps (a second SIGINT aborts at once)."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["_Stop"]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handler)
+        try:
+            yield self
+        finally:
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
+
+
+class Trainer:
+    """State of one run in progress; :func:`run` drives it."""
+
+    def __init__(self, spec: Spec, comps: Components, runtime: Runtime, tracker: Tracker, run_dir: Path,
+                 log: Callable[[str], None]):
+        self.spec, self.c, self.rt, self.tracker, self.run_dir, self.log = spec, comps, runtime, tracker, run_dir, log
+        self.step = 0  # completed steps
+        self.consumed = 0  # global data positions consumed (all ranks)
+        self.energy = EnergyMeter(runtime.device, spec.energy.grid_gco2_per_kwh)
+        self.last_metrics: dict[str, float] = {}
+        self._eval_dataset = None
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / checkpoint.FILENAME
+
+    def save_checkpoint(self) -> None:
+        if not self.rt.is_main:
+            return
+        checkpoint.save(self.checkpoint_path, {
+            "step": self.step, "consumed": self.consumed, "spec": self.spec.resolved,
+            "run_id": self.tracker.run_id, "model": self.c.model.checkpoint_state(), "rng": checkpoint.rng_state()})
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.c.model.load_checkpoint_state(state["model"])
+        self.step, self.consumed = int(state["step"]), int(state["consumed"])
+
+    # ------------------------------------------------------------------------------------- phases
+    def evaluate(self) -> dict[str, float]:
+        """Feed ``eval_samples`` real items and as many generated ones to every metric."""
+        if not self.c.metrics or not self.rt.is_main:
+            return {}
+        tr = self.spec.train
+        if self._eval_dataset is None:
+            self._eval_dataset = build_dataset(self.spec, tr.eval_split)
+        self.energy.switch("eval")
+        for m in self.c.metrics:
+            m.reset()
+        with torch.random.fork_rng(devices=[self.rt.device] if self.rt.device.type == "cuda" else []), \
+                torch.no_grad():
+            for real in eval_loader(self._eval_dataset, tr.batch_size, tr.eval_samples):
+                real = real.to(self.rt.device)
+                fake = self.c.representation.decode(self.c.model.sample(real.shape[0]).float())
+                for m in self.c.metrics:
+                    m.update(real, fake)
+        out = {}
+        for m in self.c.metrics:
+            out.update({f"eval/{k}": float(v) for k, v in m.compute().items()})
+        self.energy.switch("train")
+        return out
+
+    def write_samples(self) -> list[Path]:
+        """Generate ``train.samples`` items; with a critic, keep best/median/worst of 4x as many."""
+        if not self.rt.is_main or self.spec.train.samples < 1:
+            return []
+        self.energy.switch("generation")
+        n = self.spec.train.samples
+        with torch.random.fork_rng(devices=[self.rt.device] if self.rt.device.type == "cuda" else []), \
+                torch.no_grad():
+            torch.manual_seed(self.spec.seed)  # the same latents at every sampling step: progress is comparable
+            z = self.c.model.sample(n if self.c.dataset.info.kind == "image" else max(n, 3) * 4)
+            labels = None
+            scores = self.c.model.score(z)
+            if scores is not None and self.c.dataset.info.kind == "audio":
+                order = torch.argsort(scores.float(), descending=True)
+                pick = {"best": order[0], "median": order[len(order) // 2], "worst": order[-1]}
+                z, labels = z[torch.stack(list(pick.values()))], list(pick)
+            x = self.c.representation.decode(z.float())
+        paths = artifacts.save_samples(x, self.c.dataset.info, self.run_dir / "samples", f"step{self.step:07d}", labels)
+        for p in paths:
+            self.tracker.log_artifact(p, "samples")
+        self.energy.switch("train")
+        return paths
+
+    # --------------------------------------------------------------------------------------- loop
+    def train(self, stop: _Stop) -> str:
+        tr, rt, model, rep = self.spec.train, self.rt, self.c.model, self.c.representation
+        loader = train_loader(self.c.dataset, tr.batch_size, seed=self.spec.seed, start=self.consumed,
+                              rank=rt.rank, world_size=rt.world_size, num_workers=tr.num_workers,
+                              pin_memory=rt.device.type == "cuda")
+        batches = iter(loader)
+        sums: dict[str, torch.Tensor] = {}
+        count, t0, first = 0, time.perf_counter(), self.step
+        bar = _progress(tr.steps, self.step, enabled=rt.is_main)
+        self.energy.switch("train")
+        try:
+            while self.step < tr.steps:
+                x = next(batches).to(rt.device, non_blocking=True)
+                with torch.no_grad():
+                    z = rep.encode(x)  # (B, *data.shape) -> (B, *representation.shape)
+                out = model.train_step(z, self.step)
+                self.step += 1
+                self.consumed += tr.batch_size * rt.world_size
+                for k, v in out.items():
+                    sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
+                count += 1
+                bar.update(1)
+                if self.step % max(tr.log_every, 1) == 0 or self.step == tr.steps or stop.signal:
+                    logged = self._log_train(sums, count, t0)
+                    bar.set_postfix({k.split("/", 1)[-1]: f"{v:.3g}" for k, v in list(logged.items())[:4]})
+                    sums, count, t0 = {}, 0, time.perf_counter()
+                if stop.signal:
+                    self.save_checkpoint()
+                    self.log(f"{stop.signal}: checkpoint saved at step {self.step}; run ends KILLED "
+                             f"(continue with --resume {self.tracker.run_id})")
+                    return "KILLED"
+                last = self.step == tr.steps
+                if tr.eval_every and self.step % tr.eval_every == 0 and not last:
+                    self._log_eval()
+                if tr.sample_every and self.step % tr.sample_every == 0 and not last:
+                    self.write_samples()
+                if tr.checkpoint_every and self.step % tr.checkpoint_every == 0 and not last:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        self._log_eval()
+        self.write_samples()
+        self.save_checkpoint()
+        self.energy.switch(None)
+        self.log(f"trained {self.step - first} steps")
+        return "FINISHED"
+
+    def _log_train(self, sums: dict[str, torch.Tensor], count: int, t0: float) -> dict[str, float]:
+        if not sums:
+            return {}
+        names = list(sums)
+        values = (torch.stack([sums[k] for k in names]) / count).tolist()  # the loop's one host sync
+        logged = {f"train/{k}": v for k, v in zip(names, values)}
+        bad = [k for k, v in logged.items() if not np.isfinite(v)]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.step}: {', '.join(f'{k}={logged[k]}' for k in bad)}; the run stops "
+                f"and the last good checkpoint ({self.checkpoint_path}) is kept. Lower the learning rate, check the "
+                f"data for NaN, or try precision: fp32")
+        elapsed = time.perf_counter() - t0
+        logged["perf/steps_per_s"] = count / elapsed if elapsed > 0 else float("nan")
+        self.tracker.log_metrics(logged, self.step)
+        self.last_metrics.update(logged)
+        return logged
+
+    def _log_eval(self) -> None:
+        metrics = self.evaluate()
+        if metrics:
+            self.tracker.log_metrics(metrics, self.step)
+            self.last_metrics.update(metrics)
+            self.log("eval: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                desc="train")
+
+
+def _init_distributed(runtime: Runtime) -> None:
+    if runtime.world_size > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if runtime.device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+
+
+def find_checkpoint(run_id: str, tracker_uri: str | None) -> Path:
+    """The local checkpoint of ``run_id``, else the one logged as an artifact of that run."""
+    local = runs_dir() / run_id / checkpoint.FILENAME
+    if local.is_file():
+        return local
+    from framework.tracking import download_artifact
+
+    try:
+        return download_artifact(run_id, f"checkpoints/{checkpoint.FILENAME}", runs_dir() / run_id, tracker_uri)
+    except CheckpointError:
+        raise CheckpointError(f"run {run_id}: no checkpoint at {local} and none logged to MLflow; "
+                              f"check the run id (python -m framework ui) and FRAMEWORK_RUNS_DIR") from None
+
+
+def _check_resume_spec(spec: Spec, stored: dict) -> None:
+    """A resumed run continues the stored spec; only train.steps may change (to train longer)."""
+    a, b = dict(flatten(spec.resolved)), dict(flatten(stored))
+    a.pop("train.steps", None), b.pop("train.steps", None)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff:
+        raise SpecError(f"{spec.path}: --resume: the spec differs from the one the run was started with at "
+                        f"{', '.join(diff[:8])}; resume with the original spec (only train.steps may change)")
+
+
+def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str | None = None,
+        resume_run_id: str | None = None, log: Callable[[str], None] = print) -> RunResult:
+    """Train ``spec`` end to end (or resume ``resume_run_id``) and return where everything went."""
+    runtime = make_runtime(spec, device)
+    _init_distributed(runtime)
+    log = log if runtime.is_main else (lambda msg: None)
+    tracker = Tracker(tracking_uri, enabled=runtime.is_main)
+    tracker.check()
+    state = None
+    if resume_run_id:
+        state = checkpoint.load(find_checkpoint(resume_run_id, tracker.uri))
+        _check_resume_spec(spec, state["spec"])
+    if runtime.is_main:
+        ensure_prepared(spec.dataset, log)
+    if runtime.world_size > 1:
+        torch.distributed.barrier()
+    seed_everything(spec.seed)  # identical initial weights on every rank
+    comps = build(spec, runtime)
+    seed_everything(spec.seed + runtime.rank)  # then a distinct random stream per rank
+
+    run_id = tracker.start(spec.experiment, run_name=Path(spec.path).stem, run_id=resume_run_id,
+                           system_metrics=spec.tracking.system_metrics)
+    if runtime.world_size > 1:  # every rank files its checkpoint under rank 0's run id
+        ids = [run_id]
+        torch.distributed.broadcast_object_list(ids, src=0)
+        run_id = ids[0]
+    run_dir = runs_dir() / run_id
+    trainer = Trainer(spec, comps, runtime, tracker, run_dir, log)
+    if state is None:
+        tracker.set_tags(run_tags(spec, comps, runtime, registries) | trainer.energy.tags())
+        tracker.log_params(flatten(spec.resolved))
+        tracker.log_text(yaml.safe_dump(spec.resolved, sort_keys=False), "spec.yaml")
+    else:
+        trainer.restore(state)
+        checkpoint.set_rng_state(state["rng"])
+        tracker.set_tags({"resumed_from_step": state["step"]})
+        log(f"resuming run {run_id} from step {trainer.step}")
+    log(f"MLflow run {run_id} (experiment '{spec.experiment}', store {tracker.uri}); device {runtime.device}, "
+        f"precision {runtime.precision}")
+    status = "FAILED"
+    try:
+        with _Stop().installed() as stop:
+            status = trainer.train(stop)
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        if runtime.is_main:
+            (run_dir / "traceback.txt").parent.mkdir(parents=True, exist_ok=True)
+            (run_dir / "traceback.txt").write_text(traceback.format_exc())
+            tracker.log_artifact(run_dir / "traceback.txt")
+        raise
+    finally:
+        trainer.energy.switch(None)
+        energy = trainer.energy.metrics()
+        tracker.log_metrics(energy, trainer.step)
+        trainer.last_metrics.update(energy)
+        if status == "FINISHED" and spec.tracking.log_checkpoint and trainer.checkpoint_path.is_file():
+            tracker.log_artifact(trainer.checkpoint_path, "checkpoints")
+        tracker.end(status)
+    return RunResult(run_id, status, trainer.step, run_dir, trainer.last_metrics)

@@ -1,0 +1,158 @@
+"""MLflow tracking: the only module of the project that imports mlflow.
+
+Tracking URI: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's embedded sqlite store
+``sqlite:///mlflow.db`` in the working directory (artifacts under ``./mlruns``). The store is checked
+before anything is trained, so an unreachable server costs seconds, not a GPU hour.
+
+Under ``torchrun`` only rank 0 tracks; other ranks get a :class:`Tracker` with ``enabled=False`` whose
+methods do nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from framework.errors import CheckpointError, TrackingError
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+PARAM_MAX = 6000  # MLflow's limit on a param value's length
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+@contextlib.contextmanager
+def _quick_failure() -> Iterator[None]:
+    """Fail fast on unreachable HTTP servers (MLflow otherwise retries with backoff for minutes)."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    saved = {k: os.environ.get(k) for k in keys}
+    for k, v in keys.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+
+
+class Tracker:
+    """One MLflow run: start or resume, log, end with a status."""
+
+    def __init__(self, uri: str | None = None, enabled: bool = True):
+        self.uri = tracking_uri(uri)
+        self.enabled = enabled
+        self.run_id: str | None = None
+        if enabled:
+            import mlflow
+
+            self._mlflow = mlflow
+            mlflow.set_tracking_uri(self.uri)
+
+    def check(self) -> None:
+        """Raise TrackingError if the store cannot be reached or written."""
+        if not self.enabled:
+            return
+        try:
+            with _quick_failure():
+                self._mlflow.MlflowClient(self.uri).search_experiments(max_results=1)
+        except Exception as exc:
+            raise TrackingError(f"MLflow tracking store {self.uri} is not reachable ({type(exc).__name__}: "
+                                f"{str(exc)[:300]}); start the server, fix --tracking-uri / MLFLOW_TRACKING_URI, "
+                                f"or unset it to use ./mlflow.db") from exc
+
+    def start(self, experiment: str, run_name: str | None = None, run_id: str | None = None,
+              system_metrics: bool = True) -> str:
+        """Start a new run in ``experiment`` or, with ``run_id``, reopen that run (resume)."""
+        if not self.enabled:
+            return run_id or ""
+        mlflow = self._mlflow
+        if run_id is None:
+            mlflow.set_experiment(experiment)
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+                               log_system_metrics=system_metrics)
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.enabled:
+            self._mlflow.set_tags({k: str(v)[:5000] for k, v in tags.items()})
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        if not self.enabled:
+            return
+        items = {k: (v if len(v) <= PARAM_MAX else v[:PARAM_MAX - 3] + "...") for k, v in params.items()}
+        keys = list(items)
+        for i in range(0, len(keys), 100):  # MLflow's batch limit
+            self._mlflow.log_params({k: items[k] for k in keys[i:i + 100]})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if self.enabled and metrics:
+            self._mlflow.log_metrics(dict(metrics), step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self._mlflow.log_artifact(str(path), artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        if self.enabled:
+            self._mlflow.log_text(text, name)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled and self._mlflow.active_run() is not None:
+            self._mlflow.end_run(status=status)
+
+
+def run_info(run_id: str, uri: str | None = None) -> dict[str, Any]:
+    """Experiment name, status, tags and params of a run; CheckpointError if there is no such run."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(uri))
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:
+        raise CheckpointError(f"no MLflow run '{run_id}' in {tracking_uri(uri)} ({type(exc).__name__}); "
+                              f"list runs with `python -m framework ui` or check --tracking-uri") from None
+    exp = client.get_experiment(run.info.experiment_id)
+    return {"experiment": exp.name, "status": run.info.status, "tags": dict(run.data.tags),
+            "params": dict(run.data.params), "artifact_uri": run.info.artifact_uri}
+
+
+def download_artifact(run_id: str, path: str, dst: str | Path, uri: str | None = None) -> Path:
+    import mlflow
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst),
+                                                        tracking_uri=tracking_uri(uri)))
+    except Exception as exc:
+        raise CheckpointError(f"run {run_id} has no artifact '{path}' ({type(exc).__name__})") from None
+
+
+def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, float]]:
+    """(step, value) pairs of one metric of one run, in step order (the last value per step)."""
+    import mlflow
+
+    hist = mlflow.MlflowClient(tracking_uri(uri)).get_metric_history(run_id, key)
+    by_step = {m.step: m.value for m in sorted(hist, key=lambda m: m.timestamp)}
+    return sorted(by_step.items())
+
+
+def serve_ui(uri: str | None = None, port: int = 5000) -> int:
+    """Run the MLflow UI on 127.0.0.1 for the store (blocks until interrupted)."""
+    import subprocess
+    import sys
+
+    uri = tracking_uri(uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(port)]
+    print(f"MLflow UI for {uri}: http://127.0.0.1:{port}  (Ctrl-C to stop)", flush=True)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
