@@ -1,0 +1,187 @@
+"""The runner end to end on CPU: MLflow records, resume after kill -9 with identical losses, SIGTERM,
+NaN losses and exceptions, atomic code-free checkpoints."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from framework import checkpoint, hookimpl
+from framework.errors import NonFiniteLossError
+from framework.plugin_manager import collect_registries, make_plugin_manager
+from framework.runner import run, runs_dir
+from framework.spec import load_spec
+from framework.tracking import metric_history
+from plugins.models.toy_gan import ToyGan
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "experiments" / "toy_synthetic.yaml"
+
+
+class NanGan(ToyGan):
+    """toy_gan whose losses turn NaN from step 5 on."""
+
+    def train_step(self, batch, step):
+        out = super().train_step(batch, step)
+        if step >= 5:
+            out["d/loss"] = out["d/loss"] * float("nan")
+        return out
+
+
+class BoomGan(ToyGan):
+    def train_step(self, batch, step):
+        if step == 2:
+            raise RuntimeError("boom at step 2")
+        return super().train_step(batch, step)
+
+
+@pytest.fixture(scope="module")
+def registries():
+    test_plugins = types.ModuleType("test_plugins")
+
+    def register_models(register):
+        register("nan_gan", NanGan)
+        register("boom_gan", BoomGan)
+
+    test_plugins.register_models = hookimpl(register_models)
+    pm = make_plugin_manager()
+    pm.register(test_plugins, name="test_plugins")
+    return collect_registries(pm)
+
+
+def client():
+    return mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def test_smoke_run_records_tags_params_metrics_and_spec(registries):
+    spec = load_spec(SPEC, registries, smoke=True)
+    result = run(spec, registries, log=lambda m: None)
+    assert result.status == "FINISHED" and result.step == 6
+    r = client().get_run(result.run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.tags["spec.sha256"] == spec.sha256 and r.data.tags["device"] == "cpu"
+    assert r.data.tags["plugin.models.toy_gan"].startswith("plugins.models.toy_gan")
+    assert "not measured" in r.data.tags["energy.gpu_source"]
+    assert r.data.params["model.params.latent_dim"] == "32" and r.data.params["train.steps"] == "6"
+    assert [s for s, _ in metric_history(result.run_id, "train/d/loss")] == [2, 4, 6]
+    assert [s for s, _ in metric_history(result.run_id, "eval/moments/std_diff")] == [3, 6]
+    artifacts = {a.path for a in client().list_artifacts(result.run_id)}
+    assert {"spec.yaml", "samples", "checkpoints"} <= artifacts
+    state = checkpoint.load(result.run_dir / "checkpoint.pt")  # weights_only=True
+    assert state["step"] == 6 and state["spec"] == spec.resolved
+
+
+def _popen(*args):
+    return subprocess.Popen([sys.executable, "-m", "framework", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_for_checkpoint(before: set, proc, min_step: int, timeout=120) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for d in set(runs_dir().glob("*")) - before:
+            ck = d / "checkpoint.pt"
+            if ck.is_file() and checkpoint.load(ck)["step"] >= min_step:
+                return ck
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before a checkpoint: {proc.stdout.read()}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint in time")
+
+
+SETS = ["--set", "train.steps=120", "--set", "train.log_every=1", "--set", "train.checkpoint_every=20",
+        "--set", "train.eval_every=0", "--set", "train.sample_every=0", "--set", "train.samples=0",
+        "--set", "tracking.system_metrics=false", "--set", "dataset.params.size=64"]
+
+
+def test_kill9_then_resume_continues_same_run_with_identical_losses(registries):
+    runs_dir().mkdir(parents=True, exist_ok=True)
+    before = set(runs_dir().glob("*"))
+    proc = _popen("run", str(SPEC), *SETS)
+    ck = _wait_for_checkpoint(before, proc, min_step=40)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_id = ck.parent.name
+    resumed_from = checkpoint.load(ck)["step"]
+    assert 40 <= resumed_from < 120
+    out = subprocess.run([sys.executable, "-m", "framework", "run", str(SPEC), *SETS, "--resume", run_id],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"resuming run {run_id} from step {resumed_from}" in out.stdout
+
+    spec = load_spec(SPEC, registries, sets=[s for s in SETS if s != "--set"])
+    reference = run(spec, registries, log=lambda m: None)
+    resumed = dict(metric_history(run_id, "train/d/loss"))
+    expected = dict(metric_history(reference.run_id, "train/d/loss"))
+    assert client().get_run(run_id).info.status == "FINISHED"
+    after = [s for s in expected if s > resumed_from]
+    assert after and all(resumed[s] == expected[s] for s in after), "resumed losses differ from uninterrupted run"
+
+
+def test_sigterm_checkpoints_and_ends_killed():
+    runs_dir().mkdir(parents=True, exist_ok=True)
+    before = set(runs_dir().glob("*"))
+    proc = _popen("run", str(SPEC), *SETS, "--set", "train.steps=100000")
+    ck = _wait_for_checkpoint(before, proc, min_step=20)
+    os.kill(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, output
+    assert "SIGTERM: checkpoint saved" in output
+    assert client().get_run(ck.parent.name).info.status == "KILLED"
+    assert checkpoint.load(ck)["step"] >= 20
+
+
+def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(registries):
+    spec = load_spec(SPEC, registries, smoke=True, sets=[
+        "model.name=nan_gan", "train.steps=10", "train.log_every=1", "train.checkpoint_every=4",
+        "tracking.system_metrics=false"])
+    before = set(runs_dir().glob("*"))
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 6: train/d/loss=nan"):
+        run(spec, registries, log=lambda m: None)
+    (run_dir,) = set(runs_dir().glob("*")) - before
+    state = checkpoint.load(run_dir / "checkpoint.pt")
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"]["modules"].values())
+    assert client().get_run(run_dir.name).info.status == "FAILED"
+
+
+def test_exception_ends_failed_with_traceback_artifact(registries):
+    spec = load_spec(SPEC, registries, smoke=True, sets=["model.name=boom_gan", "tracking.system_metrics=false"])
+    before = set(runs_dir().glob("*"))
+    with pytest.raises(RuntimeError, match="boom at step 2"):
+        run(spec, registries, log=lambda m: None)
+    (run_dir,) = set(runs_dir().glob("*")) - before
+    assert client().get_run(run_dir.name).info.status == "FAILED"
+    assert "traceback.txt" in {a.path for a in client().list_artifacts(run_dir.name)}
+    assert "boom at step 2" in (run_dir / "traceback.txt").read_text()
+
+
+def test_checkpoint_write_is_atomic_and_loading_runs_no_code(tmp_path):
+    path = tmp_path / "c.pt"
+    checkpoint.save(path, {"step": 1, "rng": checkpoint.rng_state()})
+    with pytest.raises(ZeroDivisionError):
+        checkpoint.save(path, {"step": 2, "bad": _Boom()})
+    assert checkpoint.load(path)["step"] == 1  # the old file survives a failed write
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary left behind
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": 1, "x": _Evil()}, evil)
+    with pytest.raises(Exception, match="not a readable framework checkpoint"):
+        checkpoint.load(evil)
+
+
+class _Boom:
+    def __reduce__(self):
+        raise ZeroDivisionError
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
