@@ -85,8 +85,14 @@ def make_plugin_manager(builtins: tuple[str, ...] = BUILTIN_MODULES, entry_point
 def _call_register_hook(pm: pluggy.PluginManager, hook_name: str, add: Callable) -> None:
     """Call one register_* hook implementation at a time, so each registration knows its module."""
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
-        module = pm.get_name(impl.plugin) or getattr(impl.plugin, "__name__", "?")
+        module = getattr(impl.plugin, "__name__", None) or pm.get_name(impl.plugin) or "?"
         impl.function(register=functools.partial(add, module=module))
+
+
+def _distributions(pm: pluggy.PluginManager) -> dict[str, str]:
+    """module name -> "dist version" for plugins loaded from entry points."""
+    return {getattr(plugin, "__name__", "?"): f"{dist.metadata['name']} {dist.version}"
+            for plugin, dist in pm.list_plugin_distinfo()}
 
 
 def collect_registries(pm: pluggy.PluginManager | None = None) -> dict[str, Registry]:
@@ -95,7 +101,9 @@ def collect_registries(pm: pluggy.PluginManager | None = None) -> dict[str, Regi
     registries = {}
     for kind in hookspecs.KINDS:
         reg = Registry(kind)
-        _call_register_hook(pm, f"register_{kind}", lambda name, cls, module, reg=reg: reg.add(name, cls, module))
+        dists = _distributions(pm)
+        _call_register_hook(pm, f"register_{kind}", lambda name, cls, module, reg=reg:
+                            reg.add(name, cls, module, dists.get(module)))
         registries[kind] = reg
     return registries
 

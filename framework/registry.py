@@ -49,7 +49,7 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def add(self, name: str, cls: type, module: str) -> None:
+    def add(self, name: str, cls: type, module: str, distribution: str | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise PluginError(f"{module}: register_{self.kind}: name must be a non-empty string, got {name!r}")
         if not isinstance(cls, type):
@@ -62,7 +62,7 @@ class Registry:
         if params is None or not dataclasses.is_dataclass(params):
             raise PluginError(f"{module}: {SINGULAR[self.kind]} '{name}' ({cls.__name__}) needs a nested "
                               f"dataclass `Params` (the schema of its YAML params)")
-        self._entries[name] = Entry(name, cls, module, distribution_of(module))
+        self._entries[name] = Entry(name, cls, module, distribution or distribution_of(module))
 
     def get(self, name: str) -> Entry:
         try:

@@ -19,8 +19,13 @@ from framework.protocols import Loss
 Critic = Callable[[Tensor], Tensor]
 
 
+def _at_least_f32(t: Tensor) -> Tensor:
+    """Loss arithmetic in float32 at least (autocast may hand us bf16/fp16), float64 kept as is."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _scores(critic: Critic, x: Tensor) -> Tensor:
-    return critic(x).float().reshape(x.shape[0])  # (B,) in float32 whatever the autocast dtype
+    return _at_least_f32(critic(x).reshape(x.shape[0]))  # (B,)
 
 
 class Bce(Loss):
@@ -66,7 +71,7 @@ def gradient_penalty(critic: Critic, real: Tensor, fake: Tensor, center: float =
     x_hat = (real + u * (fake - real)).requires_grad_(True)
     scores = _scores(critic, x_hat)
     (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-    norm = grad.float().flatten(1).norm(dim=1)  # (B,)
+    norm = _at_least_f32(grad).flatten(1).norm(dim=1)  # (B,)
     return ((norm - center) ** 2).mean()
 
 

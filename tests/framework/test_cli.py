@@ -1,0 +1,88 @@
+"""The CLI as a user meets it: validate errors exit non-zero with the file, key, valid keys and a close
+match; plugins lists every kind; ui serves the MLflow store on 127.0.0.1."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "experiments" / "toy_synthetic.yaml"
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "framework", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+def test_validate_ok():
+    out = cli("validate", str(SPEC), "--smoke")
+    assert out.returncode == 0 and "valid" in out.stdout
+
+
+def test_validate_typo_exits_nonzero_naming_file_key_valid_keys_and_match(tmp_path):
+    spec = tmp_path / "typo.yaml"
+    spec.write_text(SPEC.read_text().replace("latent_dim: 32", "lattent_dim: 32"))
+    out = cli("validate", str(spec))
+    assert out.returncode == 2
+    err = out.stderr.strip()
+    assert err.startswith("error: ") and str(spec) in err and "model.params.lattent_dim" in err
+    assert "valid: latent_dim" in err and "did you mean 'latent_dim'" in err
+    assert "Traceback" not in out.stderr
+
+
+def test_validate_unknown_plugin_and_malformed_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPEC.read_text().replace("name: toy_gan", "name: toy_gun"))
+    out = cli("validate", str(bad))
+    assert out.returncode == 2 and "unknown model 'toy_gun'" in out.stderr and "did you mean 'toy_gan'" in out.stderr
+    bad.write_text("experiment: x\ntrain: [1, 2\n")
+    out = cli("validate", str(bad))
+    assert out.returncode == 2 and f"{bad}:3:" in out.stderr and "malformed YAML" in out.stderr
+
+
+def test_missing_spec_and_bad_resume_are_clear_errors(tmp_path):
+    out = cli("validate", str(tmp_path / "nope.yaml"))
+    assert out.returncode == 2 and "spec file not found" in out.stderr
+    out = cli("run", str(SPEC), "--smoke", "--resume", "0123456789abcdef")
+    assert out.returncode == 2 and "no checkpoint" in out.stderr
+
+
+def test_plugins_lists_every_kind():
+    out = cli("plugins")
+    assert out.returncode == 0
+    for kind in ("datasets:", "representations:", "models:", "losses:", "metrics:"):
+        assert kind in out.stdout
+    assert "toy_gan" in out.stdout and "plugins.losses.gan" in out.stdout
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_store_on_localhost(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "framework", "ui", "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, body = time.time() + 90, None
+        while time.time() < deadline and body is None:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
+                                             data=b'{"max_results": 5}', headers={"Content-Type": "application/json"})
+                body = json.loads(urllib.request.urlopen(req, timeout=2).read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "MLflow UI did not answer"
+        assert "experiments" in body
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
