@@ -45,7 +45,7 @@ def spectrogram_png(x: Tensor, sample_rate: int, path: Path, title: str = "") ->
     """Log-power STFT spectrogram of ``(C, T)`` audio, one panel per channel, time in s, frequency in Hz."""
     plt = _pyplot()
     x = x.detach().float().cpu()
-    n_fft = 1024
+    n_fft = min(1024, 2 ** int(math.log2(max(x.shape[1] - 1, 2))))  # short clips: reflect padding must fit
     window = torch.hann_window(n_fft)
     fig, axes = plt.subplots(x.shape[0], 1, figsize=(10, 2.2 * x.shape[0]), squeeze=False, sharex=True)
     for ch, ax in enumerate(axes[:, 0]):

@@ -153,7 +153,8 @@ class Trainer:
             return
         checkpoint.save(self.checkpoint_path, {
             "step": self.step, "consumed": self.consumed, "spec": self.spec.resolved,
-            "run_id": self.tracker.run_id, "model": self.c.model.checkpoint_state(), "rng": checkpoint.rng_state()})
+            "run_id": self.tracker.run_id, "model": self.c.model.checkpoint_state(), "rng": checkpoint.rng_state(),
+            "data_info": {**dataclasses.asdict(self.c.dataset.info), "tags": dict(self.c.dataset.info.tags)}})
 
     def restore(self, state: dict[str, Any]) -> None:
         self.c.model.load_checkpoint_state(state["model"])

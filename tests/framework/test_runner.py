@@ -185,3 +185,21 @@ class _Boom:
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned",))
+
+
+def test_generate_from_run_writes_files(registries, tmp_path):
+    spec = load_spec(SPEC, registries, smoke=True, sets=["tracking.system_metrics=false"])
+    result = run(spec, registries, log=lambda m: None)
+    out = subprocess.run([sys.executable, "-m", "framework", "generate", "--run", result.run_id, "--n", "3",
+                          "--batch", "2", "--seconds", "0.02", "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    wavs = sorted(tmp_path.glob("*.wav"))
+    assert [w.name for w in wavs] == ["sample_0000.wav", "sample_0001.wav", "sample_0002.wav"]
+    import soundfile as sf
+
+    data, rate = sf.read(wavs[0])
+    assert rate == 22016 and data.shape == (round(0.02 * 22016), 2)
+    bad = subprocess.run([sys.executable, "-m", "framework", "generate", "--run", "nope", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no checkpoint" in bad.stderr
