@@ -47,6 +47,8 @@ def cmd_run(args) -> int:
     registries = _registries()
     spec = _load(args, registries)
     result = run(spec, registries, tracking_uri=args.tracking_uri, device=args.device, resume_run_id=args.resume)
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 reports
+        return 0 if result.status == "FINISHED" else 1
     from framework.tracking import tracking_uri
 
     print(f"\nrun {result.run_id}: {result.status} after {result.step} steps")
