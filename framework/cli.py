@@ -46,6 +46,8 @@ def cmd_run(args) -> int:
 
     registries = _registries()
     spec = _load(args, registries)
+    if args.grid or spec.grid:
+        return cmd_sweep(args, registries)
     result = run(spec, registries, tracking_uri=args.tracking_uri, device=args.device, resume_run_id=args.resume)
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 reports
         return 0 if result.status == "FINISHED" else 1
@@ -60,6 +62,19 @@ def cmd_run(args) -> int:
     print(f"  compare runs in the MLflow UI: python -m framework ui" +
           ("" if uri == "sqlite:///mlflow.db" else f" --tracking-uri {uri}") + "  (then open http://127.0.0.1:5000)")
     return 0 if result.status == "FINISHED" else 1
+
+
+def cmd_sweep(args, registries) -> int:
+    from framework.sweep import run_sweep
+
+    if args.resume:
+        raise FrameworkError("--resume applies to one run; re-run the sweep command to resume a sweep")
+    results = run_sweep(args.spec, registries, sets=args.set or [], grid_items=args.grid or [], smoke=args.smoke,
+                        tracking_uri=args.tracking_uri, device=args.device)
+    print("\nsweep results:")
+    for label, status in results.items():
+        print(f"  {status:<9} {label}")
+    return 0 if all(s in ("FINISHED", "SKIPPED") for s in results.values()) else 1
 
 
 def cmd_prepare(args) -> int:
@@ -100,6 +115,17 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from framework.report import report
+
+    higher = {"higher": True, "lower": False}.get(args.better)
+    paths = report(args.experiment, args.metric, Path(args.out or f"outputs/report/{args.experiment}"), higher,
+                   args.tracking_uri)
+    for kind, p in paths.items():
+        print(f"{kind:<9} {p}")
+    return 0
+
+
 def build_parser(commands=None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m framework", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -114,6 +140,8 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train an experiment and log it to MLflow")
     spec_args(r)
     r.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint")
+    r.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                   help="sweep: one child run per combination of values (repeatable; cross product)")
     r.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     r.add_argument("--device", help="cpu | cuda | cuda:N (default: the spec's train.device, auto)")
     r.set_defaults(func=cmd_run)
@@ -134,6 +162,14 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     u.add_argument("--tracking-uri")
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(func=cmd_ui)
+
+    rp = sub.add_parser("report", help="quality vs energy table and Pareto plot across an experiment's runs")
+    rp.add_argument("experiment", help="MLflow experiment name (the spec's experiment:)")
+    rp.add_argument("--metric", default="eval/moments/std_diff", help="quality metric key, e.g. eval/fid_mnist")
+    rp.add_argument("--better", choices=("higher", "lower"), help="direction of the metric (default: guessed)")
+    rp.add_argument("--out", help="output folder (default outputs/report/EXPERIMENT)")
+    rp.add_argument("--tracking-uri")
+    rp.set_defaults(func=cmd_report)
 
     g = sub.add_parser("generate", help="generate samples from a trained run or checkpoint")
     src = g.add_mutually_exclusive_group(required=True)

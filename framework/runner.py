@@ -141,6 +141,7 @@ class Trainer:
         self.consumed = 0  # global data positions consumed (all ranks)
         self.energy = EnergyMeter(runtime.device, spec.energy.grid_gco2_per_kwh)
         self.last_metrics: dict[str, float] = {}
+        self.generated = 0  # items generated for eval and samples (energy per generated item)
         self._eval_dataset = None
 
     # ---------------------------------------------------------------------------------- checkpoints
@@ -176,6 +177,7 @@ class Trainer:
             for real in eval_loader(self._eval_dataset, tr.batch_size, tr.eval_samples):
                 real = real.to(self.rt.device)
                 fake = self.c.representation.decode(self.c.model.sample(real.shape[0]).float())
+                self.generated += fake.shape[0]
                 for m in self.c.metrics:
                     m.update(real, fake)
         out = {}
@@ -201,6 +203,7 @@ class Trainer:
                 pick = {"best": order[0], "median": order[len(order) // 2], "worst": order[-1]}
                 z, labels = z[torch.stack(list(pick.values()))], list(pick)
             x = self.c.representation.decode(z.float())
+            self.generated += z.shape[0]
         paths = artifacts.save_samples(x, self.c.dataset.info, self.run_dir / "samples", f"step{self.step:07d}", labels)
         for p in paths:
             self.tracker.log_artifact(p, "samples")
@@ -318,8 +321,34 @@ def _check_resume_spec(spec: Spec, stored: dict) -> None:
                         f"{', '.join(diff[:8])}; resume with the original spec (only train.steps may change)")
 
 
+def _setup(spec: Spec, registries, runtime: Runtime, tracker: Tracker, run_dir: Path, state: dict | None,
+           log: Callable[[str], None]) -> Trainer:
+    """Prepare data, build the components, and log the run's description (or restore a checkpoint)."""
+    if runtime.is_main:
+        ensure_prepared(spec.dataset, log)
+    if runtime.world_size > 1:
+        torch.distributed.barrier()
+    seed_everything(spec.seed)  # identical initial weights on every rank
+    comps = build(spec, runtime)
+    seed_everything(spec.seed + runtime.rank)  # then a distinct random stream per rank
+    trainer = Trainer(spec, comps, runtime, tracker, run_dir, log)
+    if state is None:
+        tracker.set_tags(run_tags(spec, comps, runtime, registries) | trainer.energy.tags())
+        tracker.log_params(flatten(spec.resolved))
+        tracker.log_text(yaml.safe_dump(spec.resolved, sort_keys=False), "spec.yaml")
+    else:
+        trainer.restore(state)
+        checkpoint.set_rng_state(state["rng"])
+        tracker.set_tags({"resumed_from_step": state["step"]})
+        log(f"resuming run {tracker.run_id or run_dir.name} from step {trainer.step}")
+    log(f"MLflow run {run_dir.name} (experiment '{spec.experiment}', store {tracker.uri}); device {runtime.device}, "
+        f"precision {runtime.precision}")
+    return trainer
+
+
 def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str | None = None,
-        resume_run_id: str | None = None, log: Callable[[str], None] = print) -> RunResult:
+        resume_run_id: str | None = None, parent_run_id: str | None = None, run_name: str | None = None,
+        log: Callable[[str], None] = print) -> RunResult:
     """Train ``spec`` end to end (or resume ``resume_run_id``) and return where everything went."""
     runtime = make_runtime(spec, device)
     _init_distributed(runtime)
@@ -330,50 +359,32 @@ def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str 
     if resume_run_id:
         state = checkpoint.load(find_checkpoint(resume_run_id, tracker.uri))
         _check_resume_spec(spec, state["spec"])
-    if runtime.is_main:
-        ensure_prepared(spec.dataset, log)
-    if runtime.world_size > 1:
-        torch.distributed.barrier()
-    seed_everything(spec.seed)  # identical initial weights on every rank
-    comps = build(spec, runtime)
-    seed_everything(spec.seed + runtime.rank)  # then a distinct random stream per rank
-
-    run_id = tracker.start(spec.experiment, run_name=Path(spec.path).stem, run_id=resume_run_id,
-                           system_metrics=spec.tracking.system_metrics)
+    run_id = tracker.start(spec.experiment, run_name=run_name or Path(spec.path).stem, run_id=resume_run_id,
+                           system_metrics=spec.tracking.system_metrics, parent_run_id=parent_run_id)
     if runtime.world_size > 1:  # every rank files its checkpoint under rank 0's run id
         ids = [run_id]
         torch.distributed.broadcast_object_list(ids, src=0)
         run_id = ids[0]
     run_dir = runs_dir() / run_id
-    trainer = Trainer(spec, comps, runtime, tracker, run_dir, log)
-    if state is None:
-        tracker.set_tags(run_tags(spec, comps, runtime, registries) | trainer.energy.tags())
-        tracker.log_params(flatten(spec.resolved))
-        tracker.log_text(yaml.safe_dump(spec.resolved, sort_keys=False), "spec.yaml")
-    else:
-        trainer.restore(state)
-        checkpoint.set_rng_state(state["rng"])
-        tracker.set_tags({"resumed_from_step": state["step"]})
-        log(f"resuming run {run_id} from step {trainer.step}")
-    log(f"MLflow run {run_id} (experiment '{spec.experiment}', store {tracker.uri}); device {runtime.device}, "
-        f"precision {runtime.precision}")
-    status = "FAILED"
+    status, trainer = "FAILED", None
     try:
+        trainer = _setup(spec, registries, runtime, tracker, run_dir, state, log)
         with _Stop().installed() as stop:
             status = trainer.train(stop)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         if runtime.is_main:
-            (run_dir / "traceback.txt").parent.mkdir(parents=True, exist_ok=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "traceback.txt").write_text(traceback.format_exc())
             tracker.log_artifact(run_dir / "traceback.txt")
         raise
     finally:
-        trainer.energy.switch(None)
-        energy = trainer.energy.metrics()
-        tracker.log_metrics(energy, trainer.step)
-        trainer.last_metrics.update(energy)
-        if status == "FINISHED" and spec.tracking.log_checkpoint and trainer.checkpoint_path.is_file():
-            tracker.log_artifact(trainer.checkpoint_path, "checkpoints")
+        if trainer is not None:
+            trainer.energy.switch(None)
+            energy = trainer.energy.metrics() | {"perf/generated_items": float(trainer.generated)}
+            tracker.log_metrics(energy, trainer.step)
+            trainer.last_metrics.update(energy)
+            if status == "FINISHED" and spec.tracking.log_checkpoint and trainer.checkpoint_path.is_file():
+                tracker.log_artifact(trainer.checkpoint_path, "checkpoints")
         tracker.end(status)
     return RunResult(run_id, status, trainer.step, run_dir, trainer.last_metrics)

@@ -64,7 +64,7 @@ class EnergyConfig:
 
 
 TOP_LEVEL = {"experiment", "description", "seed", "train", "dataset", "representation", "model", "loss",
-             "metrics", "tracking", "energy", "smoke", "extends"}
+             "metrics", "tracking", "energy", "smoke", "extends", "grid"}  # grid: sweeps (framework/sweep.py)
 REQUIRED = ("experiment", "train", "dataset", "representation", "model", "loss")
 
 
@@ -91,8 +91,9 @@ class Spec:
     model: PluginBlock
     loss: PluginBlock
     metrics: tuple[PluginBlock, ...]
-    resolved: dict  # the fully resolved spec (no extends/smoke keys)
+    resolved: dict  # the fully resolved spec (no extends/smoke/grid keys)
     smoke: bool = False
+    grid: bool = False  # the spec has a grid: block (python -m framework run sweeps it)
 
     @property
     def sha256(self) -> str:
@@ -199,6 +200,10 @@ def apply_set(data: dict, parts: list[str], value: Any, origins: Origins) -> Non
     last = parts[-1]
     if isinstance(node, list):
         node[_list_index(node, last, parts)] = value
+    elif last == "name" and len(parts) > 1 and node.get("name") not in (None, value):
+        # a plugin block renamed by --set starts afresh, as with extends: the old params/weights don't apply
+        node.clear()
+        node["name"] = value
     else:
         node[last] = value
     _record(origins, value, ".".join(parts), "--set")
@@ -394,7 +399,8 @@ def validate(data: dict, registries: Mapping[str, Registry], path: str, origins:
         model=chk.plugin(data["model"], "model", registries["models"]),
         loss=chk.plugin(data["loss"], "loss", registries["losses"], with_weights=True),
         metrics=tuple(chk.plugin(m, f"metrics.{i}", registries["metrics"]) for i, m in enumerate(metrics)),
-        resolved=copy.deepcopy(data), smoke=smoke)
+        resolved={k: copy.deepcopy(v) for k, v in data.items() if k != "grid"}, smoke=smoke,
+        grid=bool(data.get("grid")))
 
 
 def _check_train(chk: _Checker, train: TrainConfig) -> None:

@@ -68,17 +68,46 @@ class Tracker:
                                 f"or unset it to use ./mlflow.db") from exc
 
     def start(self, experiment: str, run_name: str | None = None, run_id: str | None = None,
-              system_metrics: bool = True) -> str:
-        """Start a new run in ``experiment`` or, with ``run_id``, reopen that run (resume)."""
+              system_metrics: bool = True, parent_run_id: str | None = None) -> str:
+        """Start a new run in ``experiment`` (a child of ``parent_run_id`` in a sweep) or, with ``run_id``,
+        reopen that run (resume)."""
         if not self.enabled:
             return run_id or ""
         mlflow = self._mlflow
         if run_id is None:
             mlflow.set_experiment(experiment)
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
-                               log_system_metrics=system_metrics)
+                               log_system_metrics=system_metrics, parent_run_id=parent_run_id)
         self.run_id = run.info.run_id
         return self.run_id
+
+    def open_parent(self, experiment: str, sweep_hash: str, name: str, tags: Mapping[str, Any]) -> str:
+        """The sweep's parent run: the earlier one with the same sweep hash (set RUNNING again), or a new one."""
+        client = self._mlflow.MlflowClient(self.uri)
+        exp_id = self._mlflow.set_experiment(experiment).experiment_id
+        found = client.search_runs([exp_id], filter_string=f"tags.`sweep.sha256` = '{sweep_hash}'", max_results=1)
+        if found:
+            client.update_run(found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id
+        run = client.create_run(exp_id, run_name=name, tags={"framework.kind": "sweep", "sweep.sha256": sweep_hash,
+                                                             **{k: str(v) for k, v in tags.items()}})
+        return run.info.run_id
+
+    def close_parent(self, run_id: str, status: str, tags: Mapping[str, Any]) -> None:
+        client = self._mlflow.MlflowClient(self.uri)
+        for k, v in tags.items():
+            client.set_tag(run_id, k, str(v))
+        client.set_terminated(run_id, status=status)
+
+    def finished_spec_hashes(self, experiment: str) -> set[str]:
+        """The resolved-spec hashes of the experiment's FINISHED runs."""
+        client = self._mlflow.MlflowClient(self.uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return set()
+        runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                                  max_results=5000)
+        return {r.data.tags["spec.sha256"] for r in runs if "spec.sha256" in r.data.tags}
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled:
