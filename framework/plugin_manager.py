@@ -24,7 +24,6 @@ BUILTIN_MODULES = (
     "plugins.datasets.synthetic",
     "plugins.datasets.mnist",
     "plugins.datasets.piano",
-    "plugins.datasets.maestro",
     "plugins.datasets.audio_folder",
     "plugins.representations.raw",
     "plugins.representations.mdct",
