@@ -126,6 +126,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from framework.bench import run_bench
+
+    run_bench(args.target, _registries(), variants=args.variant or [], sets=args.set or [], batch=args.batch,
+              steps=args.steps, warmup=args.warmup, repeats=args.repeats, device=args.device,
+              out=Path(args.out) if args.out else None, gen_batch=args.gen_batch)
+    return 0
+
+
 def build_parser(commands=None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m framework", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -170,6 +179,19 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     rp.add_argument("--out", help="output folder (default outputs/report/EXPERIMENT)")
     rp.add_argument("--tracking-uri")
     rp.set_defaults(func=cmd_report)
+
+    b = sub.add_parser("bench", help="time training steps and generation of spec variants in one run")
+    b.add_argument("target", help="a preset (mp3net, mp3net_small) or a spec file")
+    b.add_argument("--variant", action="append", metavar="NAME:KEY=V,KEY=V", help="a variant to time (repeatable)")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every variant")
+    b.add_argument("--batch", type=int, help="batch size (default: the spec's)")
+    b.add_argument("--steps", type=int, default=5)
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--gen-batch", type=int, default=4)
+    b.add_argument("--device")
+    b.add_argument("--out", help="write the results as JSON here")
+    b.set_defaults(func=cmd_bench)
 
     g = sub.add_parser("generate", help="generate samples from a trained run or checkpoint")
     src = g.add_mutually_exclusive_group(required=True)

@@ -1,0 +1,164 @@
+"""``python -m framework bench SPEC|PRESET``: time one training step of several variants of a spec, in one run.
+
+Each variant is the spec with ``--set``-style overrides (``--variant name:key=v,key=v``; the presets below give
+the ones the docs report). Timing uses synthetic batches of the representation's shape, so no data is needed:
+after ``--warmup`` steps, ``--steps`` calls of ``model.train_step`` are timed with the device synchronised
+only around the whole loop. Reported per variant: seconds per step (median of ``--repeats`` loops), peak
+device memory, the share of the step spent in the representation (encode + the two ``critic_view`` calls of
+a step, timed separately), and generation throughput: generated seconds of audio per wall second, including
+``decode`` (inverse MDCT) and conversion to 16-bit PCM on the host, as a multiple of real time. Results are
+printed as a table and written as JSON (``--out``). Absolute times mean something only on a GPU; on a CPU
+compare the ratios between variants of the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from framework.build import _construct
+from framework.errors import FrameworkError
+from framework.protocols import DataInfo
+from framework.runner import choose_device, seed_everything
+from framework.runtime import Runtime, resolve_precision
+from framework.spec import load_spec
+
+PRESETS = {
+    # the paper's model; "naive" is a straightforward port: fp32 (TF32 off), stock convolution double backward
+    "mp3net": ("experiments/mp3net_piano.yaml", [
+        "naive:train.precision=fp32,model.params.fast_gp_conv=false,model.params.channels_last=false",
+        "optimised:train.precision=bf16,model.params.fast_gp_conv=true,model.params.channels_last=true",
+        "optimised_lazy_gp4:train.precision=bf16,model.params.fast_gp_conv=true,model.params.channels_last=true,"
+        "loss.params.gp_every=4",
+    ]),
+    "mp3net_small": ("experiments/mp3net_piano_small.yaml", [
+        "naive:train.precision=fp32,model.params.fast_gp_conv=false",
+        "fast_gp_conv:train.precision=fp32,model.params.fast_gp_conv=true",
+        "lazy_gp4:train.precision=fp32,model.params.fast_gp_conv=true,loss.params.gp_every=4",
+    ]),
+}
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, sep, sets = text.partition(":")
+    if not sep or not name:
+        raise FrameworkError(f"--variant {text!r}: expected name:key=value,key=value")
+    return name, [s for s in sets.split(",") if s]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_variant(spec, device: torch.device, batch: int, steps: int, warmup: int, repeats: int,
+                  gen_batch: int) -> dict:
+    runtime = Runtime(device=device, precision=resolve_precision(spec.train.precision, device),
+                      compile=spec.train.compile)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = False  # the naive baseline is plain fp32
+        torch.backends.cudnn.allow_tf32 = False
+        torch.cuda.reset_peak_memory_stats(device)
+    seed_everything(spec.seed)
+    info = _data_info(spec)
+    rep = _construct(spec.representation, "representation", data_info=info).to(device)
+    loss = _construct(spec.loss, "loss", weights=spec.loss.weights)
+    model = _construct(spec.model, "model", representation=rep, loss=loss, data_info=info, runtime=runtime).to(device)
+    x = (torch.rand(batch, *info.shape, device=device) * 2 - 1) * 0.3  # (B, *data.shape)
+    with torch.no_grad():
+        z = rep.encode(x)
+    for s in range(warmup):
+        model.train_step(z, s)
+    times = []
+    for r in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        for s in range(steps):
+            out = model.train_step(z, warmup + r * steps + s)
+        _sync(device)
+        times.append((time.perf_counter() - t0) / steps)
+    finite = all(bool(torch.isfinite(v)) for v in out.values())
+    # representation share: encode + critic_view of reals and of fakes, as in one critic step
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        with torch.no_grad():
+            zz = rep.encode(x)
+        rep.critic_view(zz), rep.critic_view(zz)
+    _sync(device)
+    t_rep = (time.perf_counter() - t0) / steps
+    gen = _generation(model, rep, info, device, gen_batch, repeats)
+    result = {"s_per_step": statistics.median(times), "s_per_step_all": times, "finite": finite,
+              "representation_s": t_rep, "representation_share": t_rep / statistics.median(times),
+              "params": sum(p.numel() for p in model.parameters()), **gen,
+              "precision": runtime.precision, "batch": batch}
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return result
+
+
+def _generation(model, rep, info: DataInfo, device, batch: int, repeats: int) -> dict:
+    """Seconds of audio generated per wall second (sample + decode + 16-bit PCM on the host)."""
+    if info.kind != "audio":
+        return {}
+    model.sample(batch)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        with torch.no_grad():
+            audio = rep.decode(model.sample(batch).float())  # (B, C, T)
+            pcm = (audio.clamp(-1, 1) * 32767).round().to(torch.int16).cpu()
+    elapsed = time.perf_counter() - t0
+    seconds = repeats * batch * pcm.shape[-1] / info.sample_rate
+    return {"generation_x_realtime": seconds / elapsed, "generation_s_per_sample": elapsed / (repeats * batch)}
+
+
+def _data_info(spec) -> DataInfo:
+    """The data shape the spec's dataset would give, without reading data (built from its Params)."""
+    p = spec.dataset.params
+    if hasattr(p, "window_samples"):
+        return DataInfo(kind="audio", shape=(2, p.window_samples), sample_rate=p.sample_rate)
+    if hasattr(p, "samples") and hasattr(p, "sample_rate"):
+        return DataInfo(kind="audio", shape=(p.channels, p.samples), sample_rate=p.sample_rate)
+    ds = _construct(spec.dataset, "dataset", split="train")
+    return ds.info
+
+
+def run_bench(target: str, registries, *, variants: list[str], sets: list[str], batch: int | None, steps: int,
+              warmup: int, repeats: int, device: str | None, out: Path | None, gen_batch: int) -> dict:
+    spec_path, preset = PRESETS.get(target, (target, []))
+    if not Path(spec_path).is_file():
+        raise FrameworkError(f"bench: '{target}' is neither a preset ({', '.join(PRESETS)}) nor a spec file")
+    dev = choose_device(device or "auto")
+    results = {"spec": spec_path, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
+               f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+               "torch": torch.__version__, "steps": steps, "warmup": warmup, "repeats": repeats, "variants": {}}
+    for text in variants or preset or ["default:"]:
+        name, vsets = parse_variant(text)
+        spec = load_spec(spec_path, registries, sets=list(sets) + vsets)
+        b = batch or spec.train.batch_size
+        print(f"bench {name}: batch {b}, {', '.join(vsets) or 'spec as is'}", flush=True)
+        results["variants"][name] = {"sets": vsets, **bench_variant(spec, dev, b, steps, warmup, repeats, gen_batch)}
+    _print_table(results)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1))
+        print(f"wrote {out}")
+    return results
+
+
+def _print_table(results: dict) -> None:
+    variants = results["variants"]
+    base = next(iter(variants.values()))["s_per_step"]
+    print(f"\n{results['device']}, torch {results['torch']}")
+    print(f"{'variant':<22}{'s/step':>10}{'speed-up':>10}{'repr share':>12}{'gen x RT':>12}{'peak GiB':>10}")
+    for name, r in variants.items():
+        print(f"{name:<22}{r['s_per_step']:>10.4f}{base / r['s_per_step']:>10.2f}{r['representation_share']:>12.1%}"
+              f"{r.get('generation_x_realtime', float('nan')):>12.1f}{r.get('peak_memory_gib', float('nan')):>10.2f}")
