@@ -9,6 +9,7 @@ error naming both modules.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 from typing import Iterator
 
@@ -27,10 +28,15 @@ class Entry:
     distribution: str  # the installed distribution providing that module, or "-" when unknown
 
 
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> dict:
+    return importlib.metadata.packages_distributions()  # scans every installed package: seconds, so once
+
+
 def distribution_of(module: str) -> str:
     """The installed distribution (``name version``) that ships ``module``'s top-level package."""
     top = module.split(".")[0]
-    dists = importlib.metadata.packages_distributions().get(top, [])
+    dists = _packages_distributions().get(top, [])
     if not dists:
         return "-"
     name = dists[0]
