@@ -34,8 +34,8 @@ class _AudioFrontEnd:
         if info.kind != "audio" or info.sample_rate is None:
             raise ValueError(f"audio metrics need audio data with a sample rate, got {info.kind!r}")
         self.bins = bins
-        self.mdct = MDCT(bins=bins).to(device)
-        self.pam = PsychoacousticModel(sample_rate=info.sample_rate, bins=bins).to(device)
+        self.mdct = MDCT(bins=bins, check_finite=False).to(device)  # no per-call NaN scan (a device sync)
+        self.pam = PsychoacousticModel(sample_rate=info.sample_rate, bins=bins, check_finite=False).to(device)
 
     def __call__(self, x: Tensor) -> Tensor:  # (B, C, T) -> (B, C, N, K)
         t = x.shape[-1] - x.shape[-1] % self.bins

@@ -1,12 +1,14 @@
 """The psychoacoustic model against the original TensorFlow code's outputs (every array of the reference
 file, float64 and float32, at the README's tolerances), plus invariants and the mdct_psy representation."""
 
+import functools
 import re
 
 import numpy as np
 import pytest
 import torch
 
+from framework.errors import DataError
 from framework.plugin_manager import collect_registries
 from framework.protocols import DataInfo
 from plugins.representations.psychoacoustic import PsychoacousticModel
@@ -115,22 +117,81 @@ def test_bf16_autocast_input_is_computed_in_float32():
 
 def test_bad_input():
     pam = model(128)
-    with pytest.raises(ValueError, match=r"\(B, C, N, K=128\)"):
+    with pytest.raises(ValueError, match=r"PsychoacousticModel.tonality: expected a 4-D tensor \(B, C, N, K=128\)"):
         pam.tonality(torch.zeros(2, 8, 128))
-    with pytest.raises(TypeError, match="floating-point"):
+    with pytest.raises(ValueError, match="build the model with bins=64"):
+        pam.masking_threshold(torch.zeros(1, 2, 3, 64))
+    with pytest.raises(TypeError, match="floating-point tensor .* got torch.int32"):
         pam.masking_threshold(torch.zeros(1, 2, 3, 128, dtype=torch.int32))
+    with pytest.raises(DataError, match="masking_threshold: input contains 1 NaN or inf"):
+        pam.masking_threshold(torch.zeros(1, 2, 3, 128).index_put_((torch.tensor([0]),) * 4, torch.tensor(np.inf)))
+    with pytest.raises(ValueError, match="0 < alpha <= 1"):
+        PsychoacousticModel(alpha=0.0)
+
+
+def test_dtype_follows_input():
+    pam = model(128)
+    for dtype in (torch.float32, torch.float64):
+        X = torch.randn(1, 2, 4, 128, dtype=dtype) * 0.1
+        thr = pam.masking_threshold(X)
+        assert thr.dtype == dtype and pam.tonality(X).dtype == dtype and pam.bark_intensity(X).dtype == dtype
+        assert pam.filter(X, thr).dtype == dtype and pam.amplitude_to_db(X).dtype == dtype
+
+
+@functools.cache
+def registered(name):
+    """The class registered under ``name``, through the plugin manager (collected once: it takes seconds)."""
+    return collect_registries()["representations"].get(name).cls
+
+
+def mdct_psy(samples=128 * 15, sample_rate=22016, **params):
+    cls = registered("mdct_psy")
+    return cls(cls.Params(**params), data_info=DataInfo(kind="audio", shape=(2, samples), sample_rate=sample_rate))
 
 
 def test_mdct_psy_representation_adds_masked_noise_with_gradients():
-    cls = collect_registries()["representations"].get("mdct_psy").cls
-    rep = cls(cls.Params(), data_info=DataInfo(kind="audio", shape=(2, 128 * 15), sample_rate=22016))
+    rep = mdct_psy()
+    assert type(rep).__name__ == "MdctPsy" and rep.shape == (2, 16, 128)
     torch.manual_seed(0)
-    z = rep.encode(torch.rand(2, 2, 128 * 15) - 0.5).requires_grad_(True)
+    x = torch.rand(2, 2, 128 * 15) - 0.5
+    z = rep.encode(x).requires_grad_(True)
+    assert (rep.decode(z.detach()) - x).abs().max() < 1e-6
     seen = rep.critic_view(z)
     thr = rep.model.masking_threshold(z.detach())
     ratio = ((seen - z) / thr).detach()
     assert 0.12 < ratio.std().item() < 0.21 and ratio.abs().max() < 1.2  # noise ~ N(0, (thr/6)^2)
     seen.sum().backward()
     assert torch.isfinite(z.grad).all() and not torch.allclose(z.grad, torch.ones_like(z))  # flows through thr
-    quiet = cls(cls.Params(noise=False), data_info=DataInfo(kind="audio", shape=(2, 128 * 15), sample_rate=22016))
+    quiet = mdct_psy(noise=False)
     assert torch.equal(quiet.critic_view(z), z)
+
+
+def test_critic_view_of_silence_has_finite_gradients():
+    rep = mdct_psy()
+    for dtype in (torch.float32, torch.float64):
+        z = torch.zeros(1, *rep.shape, dtype=dtype, requires_grad=True)
+        seen = rep.critic_view(z)
+        assert seen.dtype == dtype
+        assert 0 < (seen - z).abs().max() < 1e-3  # quiet threshold at most 1.45e-4, noise std thr / 6
+        (seen ** 2).sum().backward()
+        assert torch.isfinite(z.grad).all()
+
+
+def test_mdct_psy_rejects_bad_params_and_data():
+    with pytest.raises(DataError, match="needs the dataset's sample_rate"):
+        mdct_psy(sample_rate=None)
+    with pytest.raises(ValueError, match="representation.params.drown must be in"):
+        mdct_psy(drown=1.5)
+    with pytest.raises(DataError, match="not a multiple of bins = 128"):
+        mdct_psy(samples=1000)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_reference():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    pam = model(128).cuda()
+    for dtype in ("f64", "f32"):
+        X = mdct_domain(f"piano__mdct128__{dtype}", DTYPES[dtype]).cuda()
+        assert_close(to_ref_layout(pam.masking_threshold(X)), ref(f"piano__pa128__mask_drown0p0__{dtype}"), dtype,
+                     "cuda mask")
+        assert_close(to_ref_layout(pam.tonality(X)), ref(f"piano__pa128__tonality__{dtype}"), dtype, "cuda tonality")
