@@ -1,29 +1,36 @@
-"""MP3net (van den Broek 2021): generator, critic and the ``mp3net`` model plugin (WGAN-GP on MDCT + noise).
+"""MP3net (van den Broek 2021): the generator, the critic and the ``mp3net`` model plugin (WGAN-GP on MDCTs).
 
-Architecture of the original's final stage (docs/reference/mp3net-spec.md §3; tensors NCHW: C channels,
-H = time blocks, W = MDCT bins). With K bins there are n = log2(K) - 1 blocks; each generator block
-multiplies time by 4 and adds an octave on top (doubles the bins):
+Architecture of the original's final stage, layer for layer (docs/reference/mp3net-spec.md §3). Tensors are
+(B, C, N, K) = (batch, audio channels, MDCT blocks (time) = H, bins (frequency) = W), the original's NHWC
+[B, blocks, freqs, channels] permuted. With ``depth`` = n blocks (the paper: 6, for K = 128 bins):
 
-    z (B, 512) -> Dense -> (B, 512, N / 4^n, 2)
-      -> blocks 0 .. n-3 on the whole clip                       (long-range structure)
-      -> split_to_batch(windows, context 4 | 2) -> blocks n-2, n-1 per window -> 1x1 conv -> 2 channels
-      -> join_from_batch(shave 64 | 32) -> tanh                  (B, 2, N, K)
+    G: z (B, 512) -> Dense -> (B, 512, N/4^n, K/2^n) -> LReLU
+         -> blocks 0 .. n-3 on the whole clip (x4 time, x2 bins each; long-range structure)
+         -> split_to_batch(windows, context 4 | 2) -> blocks n-2, n-1 per window -> 1x1 conv -> C channels
+         -> join_from_batch(shave 64 | 32) -> tanh                           (B, C, N, K)
+    D: (B, C, N, K) -> split_to_batch(windows, context 35 | 50) -> 1x1 conv -> LReLU
+         -> blocks n-1, n-2 per window, with the original's time shaving -> join_from_batch
+         -> blocks n-3 .. 0 on the whole clip -> minibatch stddev (groups of 8) -> Dense 512 -> LReLU -> Dense 1
 
-The critic mirrors it: split into windows with context (35 | 50), 1x1 conv, the two top blocks per window with
-the original's exact time shaving, join, the remaining blocks on the whole clip, minibatch-stddev (groups of 8),
-Dense 512, Dense 1. With K = 128, N = 16384 (95.26 s at 22016 Hz) and the default widths the parameter counts
-are exactly 58,981,762 (G) and 59,088,225 (D), as in the original Keras graph (tested).
+With the default Params (K = 128, N = 16384 = 95.26 s at 22016 Hz) the parameter counts are exactly the original
+Keras graph's: 58,981,762 (G) and 59,088,225 (D) (tested). Width (``base_channels``, ``max_channels``), depth and
+clip length (``blocks``) are Params, so the small variants of the tests and experiments are the same code.
 
-Training (spec §4): one critic update per ``train_step`` and one generator update after every ``n_critic``-th
-critic update, Adam(1e-4, 0.5, 0.9, eps 1e-7) for both; the loss plugin provides the terms (MP3net: wgan_gp with
-weights d/gp 3.0 and d/drift 0.1); the representation's ``critic_view`` adds the psychoacoustic noise to reals
-and fakes, without stopping gradients through the fakes' threshold.
+Training (spec §4): each ``train_step`` is one critic update; after every ``n_critic``-th one, one generator
+update; Adam(1e-4, (0.5, 0.9), eps 1e-7) for both, no schedule. The loss plugin supplies the terms (MP3net:
+``wgan_gp`` weighted d/gp 3.0 and d/drift 0.1) and the representation's ``critic_view`` what the critic sees of
+reals and fakes alike (``mdct_psy``: threshold-scaled noise, gradients not stopped through the fakes' threshold).
+
+Deliberately not here: the progressive-growing stages of the original code (not used by the released run, §3.1),
+EMA of G weights (the original has none), and the original's single-device minibatch-stddev quirk (§3.5).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -31,262 +38,368 @@ from torch import Tensor, nn
 from framework import hookimpl
 from framework.protocols import DataInfo, Loss, Model, Representation
 from framework.runtime import Runtime
-from plugins.models.mp3net_layers import Conv, ConvT, MinibatchStddev, join_from_batch, lrelu, split_to_batch
-from plugins.models.toy_gan import grad_norm
+from plugins.models.mp3net_layers import (Conv, ConvT, MinibatchStddev, dense, full_precision, join_from_batch,
+                                          lrelu, split_to_batch)
+
+G_CONTEXT = (4, 2)  # rows of past | future context per window where G splits (spec §3.4 step 4)
+G_SHAVE = (64, 32)  # G_CONTEXT after two blocks of x4 time: shaved off at the join (spec §3.4 step 7)
+D_CONTEXT = (35, 50)  # critic window context in MDCT blocks (spec §3.5 step 2); the shaving below assumes 85 rows
+CRITIC_DENSE = 512  # units of the critic's hidden Dense (spec §3.5 step 10), capped by max_channels
 
 
-def full_precision(x: Tensor) -> Tensor:
-    """float32 for autocast's bf16/fp16 results; float32/float64 unchanged."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+def channel_plan(depth: int, base: int, cap: int) -> list[tuple[int, int, int]]:
+    """Generator (in, mid, out) widths per block i: min(cap, (4, 2, 1) 4^(depth-1-i) base) (spec §3.1); the
+    critic's block i uses (out, mid, in) of the same tuple."""
+    return [tuple(min(cap, m * 4 ** (depth - 1 - i) * base) for m in (4, 2, 1)) for i in range(depth)]
 
 
-def channel_plan(n_blocks: int, base: int, cap: int) -> list[tuple[int, int, int]]:
-    """Generator (in, mid, out) per block i: min(cap, (4, 2, 1) * 4^(n-1-i) * base) (spec §3.1)."""
-    return [tuple(min(cap, m * 4 ** (n_blocks - 1 - i) * base) for m in (4, 2, 1)) for i in range(n_blocks)]
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Clip geometry of one encoded item (C, N, K) and the network depth, validated."""
+
+    channels: int  # C
+    blocks: int  # N
+    bins: int  # K
+    depth: int  # number of generator (= critic) blocks
+    windows: int  # time windows of the two top blocks
+
+    @property
+    def dense_time(self) -> int:  # rows of the dense layer's grid: N / 4^depth
+        return self.blocks // 4 ** self.depth
+
+    @property
+    def dense_bins(self) -> int:  # bins of the dense layer's grid: K / 2^depth (the paper: 2)
+        return self.bins // 2 ** self.depth
+
+    @classmethod
+    def of(cls, p: "Mp3Net.Params") -> "Geometry":
+        """Check ``model.params``; every message names the Params to change."""
+        depth = p.depth
+        if depth is None:
+            depth = int(round(math.log2(p.bins))) - 1 if p.bins > 0 else 0
+            if 2 ** (depth + 1) != p.bins:
+                raise ValueError(f"model.params.bins = {p.bins} is not a power of two, so the depth cannot be derived "
+                                 f"(log2(bins) - 1); set model.params.depth, or bins to 8, 16, ..., 128")
+        if depth < 2:
+            raise ValueError(f"model.params.depth = {depth}: MP3net needs at least 2 blocks (the last two are "
+                             f"windowed); raise model.params.depth or model.params.bins (>= 8)")
+        if p.bins % 2 ** (depth + 1):
+            raise ValueError(f"model.params.bins = {p.bins} must be a multiple of 2^(depth + 1) = {2 ** (depth + 1)} "
+                             f"(each of the {depth} blocks doubles the bins of an even-sized dense grid); "
+                             f"change model.params.bins or model.params.depth")
+        if p.blocks <= 0 or p.blocks % 4 ** depth:
+            raise ValueError(f"model.params.blocks = {p.blocks} must be a positive multiple of 4^depth = "
+                             f"{4 ** depth} MDCT blocks ({depth} blocks of x4 time); change model.params.blocks "
+                             f"(and the dataset's window to (blocks - 1) * bins samples) or model.params.depth")
+        if p.windows < 1 or (p.blocks // 16) % p.windows:
+            raise ValueError(f"model.params.windows = {p.windows} must divide blocks / 16 = {p.blocks // 16} (the "
+                             f"two top blocks run on windows of a multiple of 16 MDCT blocks); change "
+                             f"model.params.windows")
+        for name in ("channels", "latent_dim", "base_channels", "max_channels"):
+            if getattr(p, name) < 1:
+                raise ValueError(f"model.params.{name} must be >= 1, got {getattr(p, name)}")
+        return cls(p.channels, p.blocks, p.bins, depth, p.windows)
+
+
+# ---------------------------------------------------------------------------------------------------- generator
 
 
 class GeneratorBlock(nn.Module):
-    """(B, c_in, T, F) -> (B, out, 4T, 2F): a lower path on all bins and a higher path that builds the new top
-    octave from the top half, each 2x in time, 1x1 rebalanced, concatenated on frequency, then 2x in time."""
+    """(B, c_in, T, F) -> (B, out, 4T, 2F) (spec §3.4 step 2).
+
+    The lower path (all bins) and the higher path (top half of the bins, which builds the new top octave) each
+    double the time, a 1x1 conv "rebalances" each without activation, the two are concatenated on frequency
+    [lower, higher] and a last pair of convs doubles the time again.
+    """
 
     def __init__(self, c_in: int, mid: int, out: int):
         super().__init__()
-        self.high = nn.ModuleList([ConvT(c_in, mid, 3, (2, 2)), ConvT(mid, mid, 3)])
-        self.low = nn.ModuleList([ConvT(c_in, mid, 3, (2, 1)), ConvT(mid, mid, 3)])
-        self.rebalance_high, self.rebalance_low = ConvT(mid, mid, 1), ConvT(mid, mid, 1)
-        self.merge = nn.ModuleList([ConvT(mid, out, 3, (2, 1)), ConvT(out, out, 3)])
+        self.high = nn.ModuleList([ConvT(c_in, mid, 3, (2, 2)), ConvT(mid, mid, 3)])  # Keras 0.2x2H, 1.1x1H
+        self.low = nn.ModuleList([ConvT(c_in, mid, 3, (2, 1)), ConvT(mid, mid, 3)])  # 0.2x1L, 1.1x1L
+        self.rebalance_high, self.rebalance_low = ConvT(mid, mid, 1), ConvT(mid, mid, 1)  # 2.1x1H, 2.1x1L
+        self.merge = nn.ModuleList([ConvT(mid, out, 3, (2, 1)), ConvT(out, out, 3)])  # 3.2x1, 4.1x1
 
     def forward(self, x: Tensor) -> Tensor:
-        f = x.shape[-1]
-        high = x[..., f // 2:]
+        high = x[..., x.shape[-1] // 2:]  # (B, c_in, T, F/2)
         for conv in self.high:
-            high = lrelu(conv(high))  # (B, mid, 2T, F)
+            high = lrelu(conv(high))  # -> (B, mid, 2T, F)
         low = x
         for conv in self.low:
-            low = lrelu(conv(low))  # (B, mid, 2T, F)
+            low = lrelu(conv(low))  # -> (B, mid, 2T, F)
         y = torch.cat([self.rebalance_low(low), self.rebalance_high(high)], dim=-1)  # (B, mid, 2T, 2F)
         for conv in self.merge:
-            y = lrelu(conv(y))  # (B, out, 4T, 2F)
+            y = lrelu(conv(y))  # -> (B, out, 4T, 2F)
         return y
 
 
+class Generator(nn.Module):
+    """z (B, latent_dim) -> (B, C, N, K) in (-1, 1) (spec §3.4)."""
+
+    def __init__(self, geo: Geometry, latent_dim: int = 512, base: int = 16, cap: int = 512):
+        super().__init__()
+        self.geo = geo
+        plan = channel_plan(geo.depth, base, cap)
+        self.c0 = plan[0][0]  # the paper: 512 = "in" of block 0
+        self.dense = dense(latent_dim, geo.dense_time * geo.dense_bins * self.c0)  # Keras "generator_conv2dt.4x1"
+        widths_in = [self.c0] + [out for _, _, out in plan[:-1]]
+        self.blocks = nn.ModuleList([GeneratorBlock(c, mid, out) for c, (_, mid, out) in zip(widths_in, plan)])
+        self.out = Conv(plan[-1][2], geo.channels, 1)  # Keras "generator_output_conv2d_new", no activation
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """(C, N, K) of one generated item."""
+        return self.geo.channels, self.geo.blocks, self.geo.bins
+
+    def forward(self, z: Tensor) -> Tensor:  # (B, latent_dim) -> (B, C, N, K)
+        B, geo = z.shape[0], self.geo
+        x = self.dense(z).view(B, geo.dense_time, geo.dense_bins, self.c0).permute(0, 3, 1, 2)  # Keras (t, f, c)
+        x = lrelu(x)  # (B, c0, N/4^n, K/2^n)
+        for block in self.blocks[:-2]:
+            x = block(x)  # -> (B, c, N/16, K/4)
+        # the two top blocks per window: memory, and each window sees only its local context (spec §3.4 step 5)
+        x = split_to_batch(x, geo.windows, G_CONTEXT)  # (B S, c, N/16/S + 6, K/4)
+        for block in self.blocks[-2:]:
+            x = block(x)  # -> (B S, c', 16 (N/16/S + 6), K)
+        x = join_from_batch(self.out(x), geo.windows, G_SHAVE)  # (B, C, N, K)
+        return torch.tanh(full_precision(x))  # the original casts to float32 before tanh
+
+
+# ------------------------------------------------------------------------------------------------------- critic
+
+
 class CriticBlock(nn.Module):
-    """(B', c, T, F) -> (B', out, T/4, F/2), mirroring GeneratorBlock. With ``shave`` (the windowed blocks) the
-    time axis is trimmed after each conv and before its activation exactly as the original (spec §3.5)."""
+    """(B', c, T, F) -> (B', out, T/4, F/2), the mirror of :class:`GeneratorBlock` (spec §3.5 step 4).
+
+    With ``shave`` (the two windowed blocks) the time axis is trimmed after each conv and before its activation
+    exactly as the original: after the stride-1 convs the first row, after the time-stride-2 convs the last row,
+    after the 1x1 convs the first and last rows (213 -> 49 -> 8 rows for the paper's windows of 128 + 85).
+    """
 
     def __init__(self, c: int, a: int, mid: int, out: int, shave: bool, fast: bool):
         super().__init__()
         self.shave = shave
-        self.first, self.down = Conv(c, a, 3, fast=fast), Conv(a, mid, 3, (2, 1), fast=fast)
-        self.high = nn.ModuleList([Conv(mid, mid, 3, fast=fast), Conv(mid, out, 3, (2, 2), fast=fast)])
-        self.low = nn.ModuleList([Conv(mid, mid, 3, fast=fast), Conv(mid, out, 3, (2, 1), fast=fast)])
-        self.out_high, self.out_low = Conv(out, out, 1, fast=fast), Conv(out, out, 1, fast=fast)
+        self.first, self.down = Conv(c, a, 3, fast=fast), Conv(a, mid, 3, (2, 1), fast=fast)  # Keras 4.1x1, 3.2x1
+        self.high = nn.ModuleList([Conv(mid, mid, 3, fast=fast), Conv(mid, out, 3, (2, 2), fast=fast)])  # 2.1x1H 1.2x2H
+        self.low = nn.ModuleList([Conv(mid, mid, 3, fast=fast), Conv(mid, out, 3, (2, 1), fast=fast)])  # 2.1x1L 1.2x1L
+        self.out_high, self.out_low = Conv(out, out, 1, fast=fast), Conv(out, out, 1, fast=fast)  # 0.1x1H, 0.1x1L
 
     def _trim(self, x: Tensor, first: int, last: int) -> Tensor:
         return x[:, :, first:x.shape[2] - last] if self.shave else x
 
     def forward(self, x: Tensor) -> Tensor:
         x = lrelu(self._trim(self.first(x), 1, 0))
-        x = lrelu(self._trim(self.down(x), 0, 1))  # time halves
-        f = x.shape[-1]
+        x = lrelu(self._trim(self.down(x), 0, 1))  # (B', mid, T/2, F)
+        half = x.shape[-1] // 2
         paths = []
-        for convs, y in ((self.low, x[..., :f // 2]), (self.high, x[..., f // 2:])):
+        for convs, y in ((self.low, x[..., :half]), (self.high, x[..., half:])):
             y = lrelu(self._trim(convs[0](y), 1, 0))
             paths.append(lrelu(self._trim(convs[1](y), 0, 1)))
         low = self._trim(self.out_low(paths[0]), 1, 1)  # (B', out, T/4, F/2)
         high = self._trim(self.out_high(paths[1]), 1, 1)  # (B', out, T/4, F/4)
-        return low + nn.functional.pad(high, (low.shape[-1] - high.shape[-1], 0))  # align with the top bins
-
-
-@dataclasses.dataclass(frozen=True)
-class Geometry:
-    """Block count and sizes implied by an encoded shape (C, N, K)."""
-
-    channels: int
-    blocks: int  # N, MDCT blocks per clip
-    bins: int  # K
-    n_blocks: int  # log2(K) - 1
-    dense_time: int  # N / 4^n_blocks
-
-    @classmethod
-    def of(cls, shape: tuple[int, ...], windows: int) -> "Geometry":
-        if len(shape) != 3:
-            raise ValueError(f"mp3net needs an MDCT representation (C, N, K), got shape {shape}; "
-                             f"use representation mdct or mdct_psy")
-        c, n, k = shape
-        n_blocks = int(round(math.log2(k))) - 1
-        if 2 ** (n_blocks + 1) != k or n_blocks < 2:
-            raise ValueError(f"mp3net needs K = 2^(n+1) bins with n >= 2 blocks; got K = {k} "
-                             f"(set representation.params.bins to 8, 16, ..., 128)")
-        if n % 4 ** n_blocks:
-            raise ValueError(f"mp3net with K = {k} bins has {n_blocks} blocks, so the clip must be a multiple of "
-                             f"4^{n_blocks} = {4 ** n_blocks} MDCT blocks, got N = {n}; set the dataset's window "
-                             f"to (m * {4 ** n_blocks} - 1) * {k} samples")
-        if (n // 16) % windows or n % (16 * windows):
-            raise ValueError(f"mp3net: N = {n} blocks does not split into windows = {windows} windows of a multiple "
-                             f"of 16 blocks; choose model.params.windows dividing {n // 16}")
-        return cls(c, n, k, n_blocks, n // 4 ** n_blocks)
-
-
-class Generator(nn.Module):
-    def __init__(self, geo: Geometry, latent_dim: int, base: int, cap: int, windows: int,
-                 context: tuple[int, int]):
-        super().__init__()
-        self.geo, self.windows, self.context = geo, windows, context
-        plan = channel_plan(geo.n_blocks, base, cap)
-        self.c0 = plan[0][0]
-        self.dense = nn.Linear(latent_dim, geo.dense_time * 2 * self.c0)
-        nn.init.zeros_(self.dense.bias)
-        limit = math.sqrt(6.0 / (latent_dim + self.dense.out_features))
-        nn.init.uniform_(self.dense.weight, -limit, limit)
-        ins = [self.c0] + [p[2] for p in plan[:-1]]
-        self.blocks = nn.ModuleList([GeneratorBlock(c, mid, out) for c, (_, mid, out) in zip(ins, plan)])
-        self.out = Conv(plan[-1][2], geo.channels, 1)
-
-    def forward(self, z: Tensor) -> Tensor:  # (B, latent) -> (B, C, N, K) in (-1, 1)
-        B = z.shape[0]
-        x = self.dense(z).view(B, self.geo.dense_time, 2, self.c0).permute(0, 3, 1, 2)  # Keras row-major (t, f, c)
-        x = lrelu(x)  # (B, c0, N / 4^n, 2)
-        for block in self.blocks[:-2]:
-            x = block(x)
-        x = split_to_batch(x, self.windows, self.context)  # windowed top blocks: local context only
-        for block in self.blocks[-2:]:
-            x = block(x)
-        x = self.out(x)
-        x = join_from_batch(x, self.windows, (16 * self.context[0], 16 * self.context[1]))  # (B, C, N, K)
-        return torch.tanh(full_precision(x))  # the original casts to float32 before tanh
+        # zero-pad the higher octave on its low-frequency side so it lines up with the top half of lower's bins
+        return low + nn.functional.pad(high, (low.shape[-1] - high.shape[-1], 0))
 
 
 class Critic(nn.Module):
-    def __init__(self, geo: Geometry, base: int, cap: int, windows: int, context: tuple[int, int],
-                 stddev_group: int, fast: bool):
+    """(B, C, N, K) -> scores (B,) (spec §3.5). ``fast``: convs with a differentiable backward (fast exact GP)."""
+
+    def __init__(self, geo: Geometry, base: int = 16, cap: int = 512, stddev_group: int = 8, fast: bool = True):
         super().__init__()
-        self.geo, self.windows, self.context = geo, windows, context
-        plan = channel_plan(geo.n_blocks, base, cap)
-        d_plan = [(out, mid, c_in) for c_in, mid, out in plan]  # (a, mid, out) per block index i
-        self.inp = Conv(geo.channels, d_plan[-1][0], 1, fast=fast)
-        blocks, c = [], d_plan[-1][0]
-        for i in reversed(range(geo.n_blocks)):  # top block first
-            a, mid, out = d_plan[i]
-            blocks.append(CriticBlock(c, a, mid, out, shave=i >= geo.n_blocks - 2, fast=fast))
-            c = out
+        self.geo = geo
+        plan = channel_plan(geo.depth, base, cap)
+        c = plan[-1][2]  # the input 1x1 conv widens C channels to the top block's "a" (the paper: 16)
+        self.inp = Conv(geo.channels, c, 1, fast=fast)  # Keras "discriminator_output_conv2d_new"
+        blocks = []
+        for i in reversed(range(geo.depth)):  # top block first
+            c_in_g, mid, out_g = plan[i]
+            blocks.append(CriticBlock(c, out_g, mid, c_in_g, shave=i >= geo.depth - 2, fast=fast))
+            c = c_in_g
         self.blocks = nn.ModuleList(blocks)
         self.stddev = MinibatchStddev(stddev_group)
-        self.dense = nn.Linear(geo.dense_time * 2 * (c + 1), cap if cap < 512 else 512)
-        self.score = nn.Linear(self.dense.out_features, 1)
-        for lin in (self.dense, self.score):
-            limit = math.sqrt(6.0 / (lin.in_features + lin.out_features))
-            nn.init.uniform_(lin.weight, -limit, limit)
-            nn.init.zeros_(lin.bias)
+        self.dense = dense(geo.dense_time * geo.dense_bins * (c + 1), min(CRITIC_DENSE, cap))
+        self.score = dense(self.dense.out_features, 1)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, N, K) -> (B,)
-        x = split_to_batch(x, self.windows, self.context)  # (B * S, C, N / S + 85, K)
+        geo = self.geo
+        x = split_to_batch(x, geo.windows, D_CONTEXT)  # (B S, C, N/S + 85, K)
         x = lrelu(self.inp(x))
         for block in self.blocks[:2]:
-            x = block(x)
-        x = join_from_batch(x, self.windows, (0, 0))
+            x = block(x)  # shaved: -> (B S, c, N/S/16, K/4)
+        x = join_from_batch(x, geo.windows, (0, 0))  # (B, c, N/16, K/4)
         for block in self.blocks[2:]:
-            x = block(x)  # (B, c, N / 4^n, 2)
-        x = self.stddev(x)
-        x = lrelu(self.dense(x.permute(0, 2, 3, 1).flatten(1)))  # Keras flatten order (h, w, c)
-        if x.device.type in ("cpu", "cuda"):
-            with torch.autocast(x.device.type, enabled=False):  # the score layer in float32, as the original
-                return self.score(full_precision(x)).squeeze(1)
-        return self.score(x).squeeze(1)
+            x = block(x)  # -> (B, c, N/4^n, K/2^n)
+        x = self.stddev(x)  # (B, c + 1, N/4^n, K/2^n)
+        x = lrelu(self.dense(x.permute(0, 2, 3, 1).flatten(1)))  # Keras' flatten order (h, w, c)
+        with _no_autocast(x.device.type):  # the score layer in float32 at least, as the original (§4.2)
+            return self.score(full_precision(x)).squeeze(1)
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    if device_type in ("cpu", "cuda"):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """Parameters of ``module`` without gradients inside the block: the generator update backpropagates through
+    the critic to its input only, and the critic's weight gradients would be wasted work."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _grad_norm(module: nn.Module) -> Tensor:
+    """L2 norm of all parameter gradients, a 0-dim float32 tensor (no host sync)."""
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return torch.stack(norms).norm() if norms else torch.zeros(())
+
+
+# ---------------------------------------------------------------------------------------------------- the model
 
 
 class Mp3Net(Model):
+    """The ``mp3net`` model: MP3net's generator and critic trained as a WGAN with the spec's loss (module doc)."""
+
     @dataclasses.dataclass(frozen=True)
     class Params:
-        latent_dim: int = 512  # z ~ N(0, I); the paper's 512
-        base_channels: int = 16  # d of the channel plan min(cap, (4, 2, 1) 4^(n-1-i) d)
-        max_channels: int = 512  # cap of the channel plan
-        windows: int = 128  # time windows of the two top blocks (G and D)
-        g_context: tuple[int, int] = (4, 2)  # generator window context (past, future) at the split point
-        d_context: tuple[int, int] = (35, 50)  # critic window context in MDCT blocks
-        stddev_group: int = 8  # minibatch-stddev group size
-        n_critic: int = 2  # critic updates per generator update
-        lr: float = 1e-4
+        latent_dim: int = 512  # z ~ N(0, I_512) (spec §0)
+        blocks: int = 16384  # N, clip length in MDCT blocks: 95.26 s at 128 bins and 22016 Hz; multiple of 4^depth
+        bins: int = 128  # K, MDCT bins
+        channels: int = 2  # C, audio channels (stereo)
+        depth: Optional[int] = None  # generator/critic blocks; None: log2(bins) - 1 (the paper's 6: dense grid 2 bins)
+        base_channels: int = 16  # d of the width plan min(cap, (4, 2, 1) 4^(depth-1-i) d) (spec §3.1)
+        max_channels: int = 512  # cap of the width plan (also caps the critic's Dense 512)
+        windows: int = 128  # time windows of the two top blocks of G and D (spec §3.4-3.5); divides blocks / 16
+        stddev_group: int = 8  # minibatch-stddev group size (the original: 8 TPU replicas)
+        n_critic: int = 2  # critic updates per generator update (n_discr, Colab notebook)
+        lr: float = 1e-4  # Adam, G and D alike, no schedule (spec §4.2)
         betas: tuple[float, float] = (0.5, 0.9)
-        eps: float = 1e-7  # Keras' Adam default, as the original
-        fast_gp_conv: bool = True  # critic convs with a differentiable backward (fast exact GP)
-        channels_last: bool = False  # NHWC memory format (faster convs on GPU)
+        eps: float = 1e-7  # Keras' Adam default, as the original (PyTorch's is 1e-8)
+        fast_gp_conv: bool = True  # critic convs with a differentiable backward: same numbers, fast exact GP
+        channels_last: bool = False  # NHWC memory format for the convs (faster with cuDNN; no gain on CPU)
 
     def __init__(self, params: "Mp3Net.Params", *, representation: Representation, loss: Loss,
                  data_info: DataInfo, runtime: Runtime):
         super().__init__()
         if params.n_critic < 1:
             raise ValueError(f"model.params.n_critic must be >= 1, got {params.n_critic}")
-        self.params, self.rep, self.loss, self.rt = params, representation, loss, runtime
-        geo = Geometry.of(tuple(representation.shape), params.windows)
-        self.generator = Generator(geo, params.latent_dim, params.base_channels, params.max_channels,
-                                   params.windows, params.g_context)
-        self.critic = Critic(geo, params.base_channels, params.max_channels, params.windows, params.d_context,
-                             params.stddev_group, params.fast_gp_conv)
+        self.params, self.loss, self.rt = params, loss, runtime
+        geo = Geometry.of(params)
+        rep_shape = tuple(representation.shape)
+        if len(rep_shape) != 3:
+            raise ValueError(f"mp3net needs a representation with items (channels, blocks, bins), got shape "
+                             f"{rep_shape}; use representation mdct or mdct_psy (or raw with block_size)")
+        self.generator = Generator(geo, params.latent_dim, params.base_channels, params.max_channels)
+        if self.generator.output_shape != rep_shape:
+            c, n, k = rep_shape
+            raise ValueError(f"mp3net generates items of shape (channels, blocks, bins) = "
+                             f"{self.generator.output_shape} but the representation encodes {rep_shape}; set "
+                             f"model.params channels: {c}, blocks: {n}, bins: {k} (or change the dataset's window "
+                             f"or the representation's bins)")
+        self.critic = Critic(geo, params.base_channels, params.max_channels, params.stddev_group, params.fast_gp_conv)
         if params.channels_last:
             self.to(memory_format=torch.channels_last)
-        self._g, self._d = runtime.maybe_compile(self.generator), runtime.maybe_compile(self.critic)
+        # Kept outside the module tree (plain attributes): the representation is built and moved by the core and
+        # is not model state; the compiled wrappers share the networks' parameters, which must not be stored twice.
+        object.__setattr__(self, "rep", representation)
+        object.__setattr__(self, "_g", runtime.maybe_compile(self.generator))
+        object.__setattr__(self, "_d", runtime.maybe_compile(self.critic))
         adam = dict(lr=params.lr, betas=params.betas, eps=params.eps)
         self.optimizers = {"g": torch.optim.Adam(self.generator.parameters(), **adam),
                            "d": torch.optim.Adam(self.critic.parameters(), **adam)}
 
-    def _latents(self, n: int, truncation: float | None = None) -> Tensor:
-        z = torch.randn(n, self.params.latent_dim, device=self.rt.device, dtype=self.generator.dense.weight.dtype)
-        if truncation is not None:  # truncated normal: redraw |z| > truncation (TF's truncated_normal: 2 sigma)
+    # ---- network calls ----
+
+    def _latents(self, n: int, truncation: float | None = None) -> Tensor:  # -> (n, latent_dim)
+        z = torch.randn(n, self.params.latent_dim, device=self.generator.dense.weight.device,
+                        dtype=self.generator.dense.weight.dtype)
+        if truncation is not None:  # the original's inference: truncated normal, redraw |z| > truncation (§4.5)
+            if truncation <= 0:
+                raise ValueError(f"truncation must be > 0 (the original uses 2.0), got {truncation}")
             bad = z.abs() > truncation
-            while bad.any():
+            while bad.any():  # host sync, in sampling only
                 z[bad] = torch.randn(int(bad.sum()), device=z.device, dtype=z.dtype)
                 bad = z.abs() > truncation
         return z
 
-    def _generate(self, n: int, truncation: float | None = None) -> Tensor:  # -> (n, C, N, K) float32
+    def _generate(self, n: int, truncation: float | None = None) -> Tensor:  # -> (n, C, N, K), float32 at least
+        z = self._latents(n, truncation)
         with self.rt.autocast():
-            return full_precision(self._g(self._latents(n, truncation)))
+            return full_precision(self._g(z))
 
-    def _critic(self, x: Tensor) -> Tensor:  # (B, C, N, K) -> (B,)
+    def _critic(self, x: Tensor, compiled: bool = True) -> Tensor:  # (B, C, N, K) -> (B,)
         if self.params.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.rt.autocast():
-            return full_precision(self._d(x))
+            return full_precision((self._d if compiled else self.critic)(x))
+
+    def _critic_d(self, x: Tensor) -> Tensor:
+        """The critic for the critic update. An input that requires grad is the penalty's interpolate, whose
+        gradient is differentiated again; torch.compile cannot do double backward, so it runs eagerly."""
+        return self._critic(x, compiled=not x.requires_grad)
+
+    # ---- training ----
 
     def train_step(self, batch: Tensor, step: int) -> dict[str, Tensor]:
+        """One critic update on ``batch`` (B, C, N, K); after every ``n_critic``-th call ((step + 1) % n_critic == 0,
+        i.e. after the critic's iteration count is incremented, as the original) one generator update."""
         b = batch.shape[0]
-        # ---- critic: minimise mean D(f~) - mean D(r~) + 3 GP + 0.1 mean D(r~)^2 (with MP3net's weights) ----
+        # ---- critic: minimise the d/ terms (MP3net: mean D(f~) - mean D(r~) + 3.0 GP + 0.1 mean D(r~)^2) ----
         with torch.no_grad():
-            fake = self._generate(b)
-        d_terms = self.loss.discriminator_terms(self._critic, self.rep.critic_view(batch),
+            fake = self._generate(b)  # (B, C, N, K)
+        d_terms = self.loss.discriminator_terms(self._critic_d, self.rep.critic_view(batch),
                                                 self.rep.critic_view(fake), step)
         d_loss = self.loss.total(d_terms)
         self.optimizers["d"].zero_grad(set_to_none=True)
         d_loss.backward()
         self.rt.sync_grads(self.critic)
-        out = {**d_terms, "d/loss": d_loss, "d/grad_norm": grad_norm(self.critic)}
+        out = {**d_terms, "d/loss": d_loss, "d/grad_norm": _grad_norm(self.critic)}
         self.optimizers["d"].step()
-        # ---- generator, after every n_critic-th critic update (the original's iteration count % n_discr) ----
+        # ---- generator: minimise the g/ terms (MP3net: -mean D(f~)), fresh z, through the critic ----
         if (step + 1) % self.params.n_critic == 0:
-            g_terms = self.loss.generator_terms(self._critic, self.rep.critic_view(self._generate(b)))
-            g_loss = self.loss.total(g_terms)
-            self.optimizers["g"].zero_grad(set_to_none=True)
-            g_loss.backward()
+            with _frozen(self.critic):
+                g_terms = self.loss.generator_terms(self._critic, self.rep.critic_view(self._generate(b)))
+                g_loss = self.loss.total(g_terms)
+                self.optimizers["g"].zero_grad(set_to_none=True)
+                g_loss.backward()
             self.rt.sync_grads(self.generator)
-            out.update(g_terms, **{"g/loss": g_loss, "g/grad_norm": grad_norm(self.generator)})
+            out.update(g_terms, **{"g/loss": g_loss, "g/grad_norm": _grad_norm(self.generator)})
             self.optimizers["g"].step()
         return {k: v.detach() for k, v in out.items()}
 
+    # ---- inference ----
+
     @torch.no_grad()
     def sample(self, n: int, truncation: float | None = None) -> Tensor:
-        """(n, C, N, K) noise-free generator output (the original's summary samples are noise-free)."""
-        was = self.generator.training
-        self.generator.eval()
-        try:
-            return self._generate(n, truncation)
-        finally:
-            self.generator.train(was)
+        """(n, C, N, K) float32: G(z) in eval mode, noise-free (the original's summary samples are), z truncated
+        normal when ``truncation`` is given (the original's inference: 2.0), standard normal otherwise."""
+        with _eval(self.generator):
+            return self._generate(n, truncation).float()
 
     @torch.no_grad()
     def score(self, z: Tensor) -> Tensor:
-        """Critic scores (B,) of encoded items, without psychoacoustic noise; batched by 8 for memory."""
-        return torch.cat([self._critic(z[i:i + 8]) for i in range(0, z.shape[0], 8)])
+        """Critic scores (B,) float32 of encoded items (B, C, N, K), eval mode, one batch. ``critic_view`` is not
+        applied: the best/median/worst picks rank the clean items, as the original's summaries did. The
+        minibatch-stddev feature makes a score depend on the items grouped with it (groups of up to 8 of the
+        batch), so scores compare items of one call."""
+        with _eval(self.critic):
+            return self._critic(z).float()
+
+
+@contextlib.contextmanager
+def _eval(module: nn.Module) -> Iterator[None]:
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
 
 
 @hookimpl

@@ -1,78 +1,225 @@
-"""MP3net: the paper's parameter counts and shapes, geometry errors, and training steps of a small variant
-through the registry with the real mdct_psy representation and wgan_gp loss."""
+"""MP3net's networks and the ``mp3net`` model plugin: the original's exact parameter counts and shapes, the windowed
+top blocks against the same layers run on the whole clip, the fast-conv gradient penalty against stock autograd,
+and training steps of a tiny variant built through the registry (identity representation, the real wgan_gp loss).
+"""
+
+import dataclasses
 
 import pytest
 import torch
 
 from framework.plugin_manager import collect_registries
-from framework.protocols import DataInfo
+from framework.protocols import DataInfo, Representation
 from framework.runtime import Runtime
-from plugins.models.mp3net import Critic, Generator, Geometry
+from plugins.losses.gan import gradient_penalty
+from plugins.models.mp3net import (D_CONTEXT, G_CONTEXT, G_SHAVE, Critic, CriticBlock, Generator, GeneratorBlock,
+                                  Geometry, Mp3Net)
+from plugins.models.mp3net_layers import join_from_batch, lrelu, split_to_batch
 
 REG = collect_registries()
-SMALL = dict(latent_dim=32, base_channels=2, max_channels=16, windows=2)
+# depth 3 (16 bins): one block on the whole clip and the two windowed ones; 128 blocks in 2 windows
+TINY = dict(latent_dim=8, blocks=128, bins=16, base_channels=2, max_channels=8, windows=2)
 
 
-def count(m):
-    return sum(p.numel() for p in m.parameters())
+class Identity(Representation):
+    """The networks see the data as is; data items are already (C, N, K)."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        pass
+
+    def __init__(self, params, *, data_info):
+        super().__init__()
+        self.shape = tuple(data_info.shape)
+
+    def encode(self, x):
+        return x
+
+    def decode(self, z):
+        return z
 
 
-def test_paper_parameter_counts_and_shapes():
-    geo = Geometry.of((2, 16384, 128), 128)
-    assert (geo.n_blocks, geo.dense_time) == (6, 4)
-    with torch.device("meta"):
-        g = Generator(geo, 512, 16, 512, 128, (4, 2))
-        d = Critic(geo, 16, 512, 128, (35, 50), 8, fast=True)
-        x = g(torch.empty(2, 512))
-        score = d(x)
-    assert count(g) == 58_981_762 and count(d) == 59_088_225
-    assert x.shape == (2, 2, 16384, 128) and score.shape == (2,)
+def count(module):
+    return sum(p.numel() for p in module.parameters())
 
 
-def build(bins=32, blocks=256, loss="wgan_gp", **params):
-    rep_cls = REG["representations"].get("mdct_psy").cls
-    info = DataInfo(kind="audio", shape=(2, (blocks - 1) * bins), sample_rate=22016)
-    rep = rep_cls(rep_cls.Params(bins=bins), data_info=info)
-    loss_cls = REG["losses"].get(loss).cls
-    lo = loss_cls(loss_cls.Params(), weights={"d/gp": 3.0, "d/drift": 0.1} if loss == "wgan_gp" else None)
+def build(shape=(2, 128, 16), **params):
+    info = DataInfo(kind="audio", shape=shape, sample_rate=22016)
+    loss_cls = REG["losses"].get("wgan_gp").cls
+    loss = loss_cls(loss_cls.Params(), weights={"d/gp": 3.0, "d/drift": 0.1})  # MP3net's weights
     cls = REG["models"].get("mp3net").cls
-    return cls(cls.Params(**{**SMALL, **params}), representation=rep, loss=lo, data_info=info, runtime=Runtime()), rep
+    return cls(cls.Params(**{**TINY, **params}), representation=Identity(Identity.Params(), data_info=info),
+               loss=loss, data_info=info, runtime=Runtime())
 
 
-def test_small_variant_trains_and_updates_g_every_n_critic():
+def test_the_papers_parameter_counts_and_shapes():
+    geo = Geometry.of(Mp3Net.Params())
+    assert (geo.channels, geo.blocks, geo.bins, geo.depth, geo.dense_time, geo.dense_bins) == (2, 16384, 128, 6, 4, 2)
+    with torch.device("meta"):  # no memory, no arithmetic: shapes only
+        g, d = Generator(geo), Critic(geo)
+        x = g(torch.empty(3, 512))
+        scores = d(x)
+    assert count(g) == 58_981_762 and count(d) == 59_088_225  # the original Keras graph's counts (spec §3.6)
+    assert x.shape == (3, 2, 16384, 128) and g.output_shape == (2, 16384, 128) and scores.shape == (3,)
+
+
+@pytest.mark.parametrize("params", [dict(TINY), dict(TINY, bins=32, depth=3, blocks=256, windows=4),
+                                    dict(TINY, bins=8, blocks=64, windows=1)])
+def test_tiny_variants_forward_shapes(params):
     torch.manual_seed(0)
-    model, rep = build()
-    assert rep.shape == (2, 256, 32)
-    x = rep.encode(torch.rand(4, *DataInfo(kind="audio", shape=(2, 255 * 32)).shape) * 0.2 - 0.1)
-    g_before = [p.clone() for p in model.generator.parameters()]
-    out0 = model.train_step(x, 0)
-    assert "g/loss" not in out0 and all(torch.equal(a, b) for a, b in zip(g_before, model.generator.parameters()))
-    out1 = model.train_step(x, 1)
-    assert {"d/wasserstein", "d/gp", "d/drift", "d/loss", "g/adv", "g/loss"} <= set(out1)
-    assert all(torch.isfinite(v) for v in out1.values())
-    assert not all(torch.equal(a, b) for a, b in zip(g_before, model.generator.parameters()))
-    s = model.sample(3, truncation=2.0)
-    assert s.shape == (3, 2, 256, 32) and s.abs().max() < 1 and model.score(s).shape == (3,)
+    geo = Geometry.of(Mp3Net.Params(**params))
+    g, d = Generator(geo, 8, 2, 8), Critic(geo, 2, 8)
+    x = g(torch.randn(5, 8))
+    assert x.shape == (5, 2, params["blocks"], params["bins"]) and x.abs().max() < 1
+    assert d(x).shape == (5,)
 
 
-def test_geometry_errors_name_the_fix():
-    with pytest.raises(ValueError, match="multiple of 4\\^4 = 256 MDCT blocks"):
-        Geometry.of((2, 300, 32), 1)
-    with pytest.raises(ValueError, match="bins"):
-        Geometry.of((2, 256, 48), 1)
-    with pytest.raises(ValueError, match="windows"):
-        Geometry.of((2, 256, 32), 3)
+def test_the_top_octave_is_built_from_the_top_half_and_the_critic_mirrors_it():
+    torch.manual_seed(0)
+    block = GeneratorBlock(4, 6, 3)
+    seen = []
+    block.merge[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.randn(2, 4, 5, 8)
+    x2 = x.clone()
+    x2[..., :4] += 1.0  # change the lower half of the bins only
+    block(x), block(x2)
+    assert seen[0].shape == (2, 6, 10, 16)  # concatenated on frequency: [lower (8 bins), higher (8 bins)]
+    assert torch.equal(seen[0][..., 8:], seen[1][..., 8:]) and not torch.equal(seen[0][..., :8], seen[1][..., :8])
+
+    critic_block, paths = CriticBlock(3, 3, 6, 4, shave=False, fast=False), {}
+    critic_block.out_low.register_forward_hook(lambda m, a, out: paths.update(low=out))
+    critic_block.out_high.register_forward_hook(lambda m, a, out: paths.update(high=out))
+    y = critic_block(torch.randn(2, 3, 8, 16))  # (B', out, T/4, F/2): high (4 bins) on low's top 4 bins
+    assert y.shape == (2, 4, 2, 8) and paths["high"].shape == (2, 4, 2, 4)
+    assert torch.equal(y[..., :4], paths["low"][..., :4])
+    assert torch.equal(y[..., 4:], paths["low"][..., 4:] + paths["high"])
 
 
-def test_fast_and_stock_convs_compute_the_same_losses():
-    """The optimised critic path computes the same step as the naive one (same seeds, float64)."""
+def _interior_rows(full: torch.Tensor, windowed: torch.Tensor, edge: int) -> float:
+    return (full - windowed)[:, :, edge:full.shape[2] - edge].abs().max().item()
+
+
+def test_windowed_blocks_equal_the_whole_clip_away_from_its_ends():
+    """Split, context, the critic's time shaving and join are exact: the windowed top blocks give what the same
+    layers give on the whole clip, except near the clip's two ends, where the windows see zero context."""
+    torch.manual_seed(0)
+    geo = Geometry.of(Mp3Net.Params(**dict(TINY, blocks=512, windows=4)))
+    d, g = Critic(geo, 2, 8, fast=False).double(), Generator(geo, 8, 2, 8).double()
+    x = torch.randn(2, 2, 512, 16, dtype=torch.float64)
+    win = lrelu(d.inp(split_to_batch(x, 4, D_CONTEXT)))
+    full = lrelu(d.inp(x))
+    for block in d.blocks[:2]:
+        win = block(win)
+        block.shave = False  # the same block without shaving, on the whole clip
+        full = block(full)
+    win = join_from_batch(win, 4, (0, 0))  # (B, c, N/16, K/4)
+    assert win.shape == full.shape == (2, 8, 32, 4)
+    assert _interior_rows(full, win, 2) < 1e-12 < _interior_rows(full, win, 0)
+
+    h = g.blocks[0](lrelu(g.dense(torch.randn(2, 8, dtype=torch.float64)).view(2, 8, 2, 8).permute(0, 3, 1, 2)))
+    win, full = split_to_batch(h, 4, G_CONTEXT), h
+    for block in g.blocks[1:]:
+        win, full = block(win), block(full)
+    win = join_from_batch(g.out(win), 4, G_SHAVE)
+    full = g.out(full)
+    assert win.shape == full.shape == (2, 2, 512, 16)
+    assert _interior_rows(full, win, 16) < 1e-12 < _interior_rows(full, win, 0)
+
+
+def test_fast_conv_gradient_penalty_equals_stock_autograd():
+    """The exact GP's gradients w.r.t. every critic parameter, fast vs stock convs, float64 (rel. error < 1e-9)."""
+    torch.manual_seed(1)
+    geo = Geometry.of(Mp3Net.Params(**TINY))
+    stock, fast = Critic(geo, 2, 8, fast=False).double(), Critic(geo, 2, 8, fast=True).double()
+    fast.load_state_dict(stock.state_dict())
+    real, fake = torch.randn(2, 4, 2, 128, 16, dtype=torch.float64).unbind(0)
+    grads = []
+    for critic in (stock, fast):
+        torch.manual_seed(2)  # the same interpolation weights
+        gp = gradient_penalty(critic, real, fake)
+        grads.append(torch.autograd.grad(gp, list(critic.parameters()), allow_unused=True))
+    flat = [torch.cat([g.flatten() for g in gs if g is not None]) for gs in grads]
+    assert [g is None for g in grads[0]] == [g is None for g in grads[1]]
+    assert sum(g is not None for g in grads[0]) == len(list(stock.parameters())) - 1  # all but the score's bias
+    assert (flat[0] - flat[1]).norm() <= 1e-9 * flat[0].norm()
+
+
+def test_train_step_updates_the_critic_every_call_and_the_generator_every_n_critic():
+    torch.manual_seed(0)
+    model = build(n_critic=3)
+    batch = torch.rand(4, 2, 128, 16) * 0.6 - 0.3
+    g_params = lambda: [p.detach().clone() for p in model.generator.parameters()]  # noqa: E731
+    d_params = lambda: [p.detach().clone() for p in model.critic.parameters()]  # noqa: E731
+    for step in range(6):
+        g0, d0 = g_params(), d_params()
+        out = model.train_step(batch, step)
+        g_step = (step + 1) % 3 == 0
+        assert all(v.dim() == 0 and torch.isfinite(v) and not v.requires_grad for v in out.values())
+        assert {"d/wasserstein", "d/gp", "d/drift", "d/loss", "d/grad_norm"} <= set(out)
+        assert ({"g/adv", "g/loss", "g/grad_norm"} <= set(out)) == g_step
+        assert not any(torch.equal(a, b) for a, b in zip(d0, d_params()))  # Adam moves every critic tensor
+        assert all(torch.equal(a, b) for a, b in zip(g0, g_params())) != g_step
+        assert all(p.requires_grad for p in model.critic.parameters())
+    assert set(model.optimizers) == {"g", "d"}
+    adam = model.optimizers["d"].param_groups[0]
+    assert (adam["lr"], adam["betas"], adam["eps"]) == (1e-4, (0.5, 0.9), 1e-7)
+
+
+def test_fast_stock_and_channels_last_make_the_same_training_step():
     outs = []
-    for fast in (True, False):
+    for fast, channels_last in ((False, False), (True, False), (True, True)):
         torch.manual_seed(3)
-        model, rep = build(fast_gp_conv=fast)
-        model.double()
-        torch.manual_seed(4)
-        x = rep.encode(torch.rand(2, 2, 255 * 32, dtype=torch.float64) * 0.2 - 0.1)
-        outs.append(model.train_step(x, 1))
-    for k in outs[0]:
-        assert torch.allclose(outs[0][k], outs[1][k], rtol=1e-9), k
+        model = build(fast_gp_conv=fast, channels_last=channels_last).double()
+        batch = torch.rand(2, 2, 128, 16, dtype=torch.float64) * 0.6 - 0.3
+        outs.append(model.train_step(batch, 1))  # a critic and a generator update
+    for out in outs[1:]:
+        assert out.keys() == outs[0].keys()
+        for k in out:
+            assert torch.allclose(out[k], outs[0][k], rtol=1e-9, atol=1e-12), k
+
+
+def test_sample_and_score():
+    torch.manual_seed(0)
+    model = build()
+    s = model.sample(3, truncation=2.0)
+    assert s.shape == (3, 2, 128, 16) and s.dtype == torch.float32 and s.abs().max() < 1
+    assert model.sample(2).shape == (2, 2, 128, 16)
+    z = model._latents(4000, truncation=0.5)
+    # redrawn, not clipped: N(0, 1) truncated to +-0.5 has std 0.284 (clipped to +-0.5: 0.43)
+    assert z.abs().max() <= 0.5 and 0.26 < z.std() < 0.31
+    scores = model.score(s)
+    assert scores.shape == (3,) and scores.dtype == torch.float32
+    assert model.generator.training and model.critic.training  # eval mode only inside sample / score
+    with pytest.raises(ValueError, match="truncation"):
+        model.sample(1, truncation=0.0)
+
+
+def test_checkpoint_state_holds_each_network_once():
+    model = build()
+    keys = model.state_dict().keys()
+    assert {k.split(".")[0] for k in keys} == {"generator", "critic"}
+    assert sum(v.numel() for v in model.state_dict().values()) == count(model.generator) + count(model.critic)
+
+
+def test_representation_shape_mismatch_names_the_params():
+    with pytest.raises(ValueError, match=r"model.params channels: 2, blocks: 256, bins: 16"):
+        build(shape=(2, 256, 16))
+    with pytest.raises(ValueError, match=r"items \(channels, blocks, bins\), got shape \(2, 2048\)"):
+        build(shape=(2, 2048))
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(bins=48), "bins = 48 is not a power of two"),
+    (dict(bins=4), "at least 2 blocks"),
+    (dict(bins=40, depth=3), "bins = 40 must be a multiple of 2\\^\\(depth \\+ 1\\) = 16"),
+    (dict(blocks=96), "blocks = 96 must be a positive multiple of 4\\^depth = 64"),
+    (dict(windows=3), "windows = 3 must divide blocks / 16 = 8"),
+    (dict(n_critic=0), "n_critic"),
+])
+def test_bad_params_name_the_fix(params, match):
+    with pytest.raises(ValueError, match=match):
+        build(**params)
+
+
+def test_registered_name():
+    assert REG["models"].get("mp3net").cls is Mp3Net
