@@ -71,7 +71,8 @@ def _idx_bytes(array: np.ndarray) -> bytes:
 def _parse_idx(data: bytes, path: Path, ndim: int) -> np.ndarray:
     if len(data) < 4 or data[:3] != b"\x00\x00\x08" or data[3] != ndim:
         raise DataError(f"{path}: not an unsigned-byte IDX file with {ndim} dimension(s) (bad magic "
-                        f"{data[:4].hex()}); replace it with the original MNIST file or delete it and run {PREPARE_HINT}")
+                        f"{data[:4].hex()}); replace it with the original MNIST file, or delete it and run "
+                        f"{PREPARE_HINT}")
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):

