@@ -27,7 +27,7 @@ Sampling runs the generator in eval mode (BatchNorm running statistics), so a sa
 other items of its batch and sampling never changes the model's buffers.
 
 ``ema`` > 0 samples from an exponential moving average of the generator's weights (Yazici et al. 2019) instead
-of the live generator; it is off by default: on MNIST at width 32 it only paid off after ~8 epochs in our runs.
+of the live generator; it is off by default: on MNIST at width 32 it only paid off after ~8 epochs (docs/mnist.md).
 
 Not here: conditional generation, spectral norm, other image sizes than 28x28.
 """
