@@ -7,7 +7,8 @@ only around the whole loop. Reported per variant: seconds per step (median of ``
 device memory, the share of the step spent in the representation (encode + the two ``critic_view`` calls of
 a step, timed separately), and generation throughput: generated seconds of audio per wall second, including
 ``decode`` (inverse MDCT) and conversion to 16-bit PCM on the host, as a multiple of real time. Results are
-printed as a table and written as JSON (``--out``). Absolute times mean something only on a GPU; on a CPU
+printed as a table and written as JSON (``--out``). ``--steps 0`` times generation only;
+``--smoke`` applies the spec's smoke overlay (a tiny model: checks the command, says nothing about speed). Absolute times mean something only on a GPU; on a CPU
 compare the ratios between variants of the same run.
 """
 
@@ -71,7 +72,18 @@ def bench_variant(spec, device: torch.device, batch: int, steps: int, warmup: in
     rep = _construct(spec.representation, "representation", data_info=info).to(device)
     loss = _construct(spec.loss, "loss", weights=spec.loss.weights)
     model = _construct(spec.model, "model", representation=rep, loss=loss, data_info=info, runtime=runtime).to(device)
-    x = (torch.rand(batch, *info.shape, device=device) * 2 - 1) * 0.3  # (B, *data.shape)
+    result = {"params": sum(p.numel() for p in model.parameters()), "precision": runtime.precision, "batch": batch}
+    if steps > 0:  # --steps 0 times generation only (e.g. the paper's model on a CPU, where a step takes minutes)
+        x = (torch.rand(batch, *info.shape, device=device) * 2 - 1) * 0.3  # (B, *data.shape)
+        result.update(_train_steps(model, rep, x, device, steps, warmup, repeats))
+    result.update(_generation(model, rep, info, device, gen_batch, repeats))
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return result
+
+
+def _train_steps(model, rep, x, device: torch.device, steps: int, warmup: int, repeats: int) -> dict:
+    """Seconds per ``train_step`` (median over ``repeats`` loops of ``steps``) and the representation's share."""
     with torch.no_grad():
         z = rep.encode(x)
     for s in range(warmup):
@@ -94,28 +106,22 @@ def bench_variant(spec, device: torch.device, batch: int, steps: int, warmup: in
         rep.critic_view(zz), rep.critic_view(zz)
     _sync(device)
     t_rep = (time.perf_counter() - t0) / steps
-    gen = _generation(model, rep, info, device, gen_batch, repeats)
-    result = {"s_per_step": statistics.median(times), "s_per_step_all": times, "finite": finite,
-              "representation_s": t_rep, "representation_share": t_rep / statistics.median(times),
-              "params": sum(p.numel() for p in model.parameters()), **gen,
-              "precision": runtime.precision, "batch": batch}
-    if device.type == "cuda":
-        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return result
+    return {"s_per_step": statistics.median(times), "s_per_step_all": times, "finite": finite,
+            "representation_s": t_rep, "representation_share": t_rep / statistics.median(times)}
 
 
 def _generation(model, rep, info: DataInfo, device, batch: int, repeats: int) -> dict:
     """Seconds of audio generated per wall second (sample + decode + 16-bit PCM on the host)."""
     if info.kind != "audio":
         return {}
-    model.sample(batch)  # warm-up
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        with torch.no_grad():
+    with torch.no_grad():
+        model.sample(batch)  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
             audio = rep.decode(model.sample(batch).float())  # (B, C, T)
             pcm = (audio.clamp(-1, 1) * 32767).round().to(torch.int16).cpu()
-    elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
     seconds = repeats * batch * pcm.shape[-1] / info.sample_rate
     return {"generation_x_realtime": seconds / elapsed, "generation_s_per_sample": elapsed / (repeats * batch)}
 
@@ -132,17 +138,20 @@ def _data_info(spec) -> DataInfo:
 
 
 def run_bench(target: str, registries, *, variants: list[str], sets: list[str], batch: int | None, steps: int,
-              warmup: int, repeats: int, device: str | None, out: Path | None, gen_batch: int) -> dict:
+              warmup: int, repeats: int, device: str | None, out: Path | None, gen_batch: int,
+              smoke: bool = False) -> dict:
+    if steps < 0 or warmup < 0 or repeats < 1 or gen_batch < 1:
+        raise FrameworkError("bench: --steps and --warmup must be >= 0, --repeats and --gen-batch >= 1")
     spec_path, preset = PRESETS.get(target, (target, []))
     if not Path(spec_path).is_file():
         raise FrameworkError(f"bench: '{target}' is neither a preset ({', '.join(PRESETS)}) nor a spec file")
     dev = choose_device(device or "auto")
-    results = {"spec": spec_path, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
+    results = {"spec": spec_path, "smoke": smoke, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
                f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
                "torch": torch.__version__, "steps": steps, "warmup": warmup, "repeats": repeats, "variants": {}}
     for text in variants or preset or ["default:"]:
         name, vsets = parse_variant(text)
-        spec = load_spec(spec_path, registries, sets=list(sets) + vsets)
+        spec = load_spec(spec_path, registries, sets=list(sets) + vsets, smoke=smoke)
         b = batch or spec.train.batch_size
         print(f"bench {name}: batch {b}, {', '.join(vsets) or 'spec as is'}", flush=True)
         results["variants"][name] = {"sets": vsets, **bench_variant(spec, dev, b, steps, warmup, repeats, gen_batch)}
@@ -156,9 +165,11 @@ def run_bench(target: str, registries, *, variants: list[str], sets: list[str], 
 
 def _print_table(results: dict) -> None:
     variants = results["variants"]
-    base = next(iter(variants.values()))["s_per_step"]
+    base = next(iter(variants.values())).get("s_per_step", float("nan"))
     print(f"\n{results['device']}, torch {results['torch']}")
     print(f"{'variant':<22}{'s/step':>10}{'speed-up':>10}{'repr share':>12}{'gen x RT':>12}{'peak GiB':>10}")
+    nan = float("nan")
     for name, r in variants.items():
-        print(f"{name:<22}{r['s_per_step']:>10.4f}{base / r['s_per_step']:>10.2f}{r['representation_share']:>12.1%}"
+        step = r.get("s_per_step", nan)
+        print(f"{name:<22}{step:>10.4f}{base / step:>10.2f}{r.get('representation_share', nan):>12.1%}"
               f"{r.get('generation_x_realtime', float('nan')):>12.1f}{r.get('peak_memory_gib', float('nan')):>10.2f}")

@@ -131,7 +131,7 @@ def cmd_bench(args) -> int:
 
     run_bench(args.target, _registries(), variants=args.variant or [], sets=args.set or [], batch=args.batch,
               steps=args.steps, warmup=args.warmup, repeats=args.repeats, device=args.device,
-              out=Path(args.out) if args.out else None, gen_batch=args.gen_batch)
+              out=Path(args.out) if args.out else None, gen_batch=args.gen_batch, smoke=args.smoke)
     return 0
 
 
@@ -185,11 +185,12 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     b.add_argument("--variant", action="append", metavar="NAME:KEY=V,KEY=V", help="a variant to time (repeatable)")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every variant")
     b.add_argument("--batch", type=int, help="batch size (default: the spec's)")
-    b.add_argument("--steps", type=int, default=5)
+    b.add_argument("--steps", type=int, default=5, help="timed train steps per repeat; 0 times generation only")
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--gen-batch", type=int, default=4)
     b.add_argument("--device")
+    b.add_argument("--smoke", action="store_true", help="apply the spec's smoke: overlay (checks the command only)")
     b.add_argument("--out", help="write the results as JSON here")
     b.set_defaults(func=cmd_bench)
 

@@ -219,6 +219,9 @@ class Trainer:
         batches = iter(loader)
         sums: dict[str, torch.Tensor] = {}
         count, t0, first = 0, time.perf_counter(), self.step
+        if tr.eval_at_start and self.step == 0:  # the untrained model: where every curve and sample starts
+            self._log_eval()
+            self.write_samples()
         bar = _progress(tr.steps, self.step, enabled=rt.is_main)
         self.energy.switch("train")
         try:

@@ -43,6 +43,7 @@ class TrainConfig:
     num_workers: int = 0  # data-loader worker processes
     log_every: int = 10  # log train/* metrics every k steps (the only host sync of the loop)
     eval_every: int = 0  # run metrics every k steps (0: only after the last step)
+    eval_at_start: bool = False  # metrics and samples also before the first step (the untrained model's)
     eval_samples: int = 256  # generated (and real) items fed to the metrics per evaluation
     sample_every: int = 0  # write sample artifacts every k steps (0: only after the last step)
     samples: int = 4  # items per sample artifact

@@ -102,6 +102,15 @@ SETS = ["--set", "train.steps=120", "--set", "train.log_every=1", "--set", "trai
         "--set", "tracking.system_metrics=false", "--set", "dataset.params.size=64"]
 
 
+def test_eval_at_start_logs_and_samples_the_untrained_model_at_step_0(registries):
+    spec = load_spec(SPEC, registries, sets=["train.eval_at_start=true"], smoke=True)
+    result = run(spec, registries, log=lambda m: None)
+    history = metric_history(result.run_id, "eval/moments/std_diff")
+    assert [s for s, _ in history] == [0, 3, 6]
+    assert history[0][1] != history[-1][1]  # a real evaluation of another model, not a copy
+    assert sorted(p.name for p in (result.run_dir / "samples").glob("step0000000*"))  # samples of step 0 too
+
+
 def test_kill9_then_resume_continues_same_run_with_identical_losses(registries):
     runs_dir().mkdir(parents=True, exist_ok=True)
     before = set(runs_dir().glob("*"))
