@@ -7,9 +7,9 @@ only around the whole loop. Reported per variant: seconds per step (median of ``
 device memory, the share of the step spent in the representation (encode + the two ``critic_view`` calls of
 a step, timed separately), and generation throughput: generated seconds of audio per wall second, including
 ``decode`` (inverse MDCT) and conversion to 16-bit PCM on the host, as a multiple of real time. Results are
-printed as a table and written as JSON (``--out``). ``--steps 0`` times generation only;
-``--smoke`` applies the spec's smoke overlay (a tiny model: checks the command, says nothing about speed). Absolute times mean something only on a GPU; on a CPU
-compare the ratios between variants of the same run.
+printed as a table and written as JSON (``--out``). ``--steps 0`` times generation only; ``--smoke`` applies
+the spec's smoke overlay (a tiny model: checks the command, says nothing about speed). Absolute times mean
+something only on a GPU; on a CPU compare the ratios between variants of the same run.
 """
 
 from __future__ import annotations
