@@ -62,10 +62,11 @@ def main() -> None:
     k = len(curves["real"])
     lo, hi = slice(0, k // 8), slice(k // 2, k)
     hz = info.sample_rate / 2 / k
-    print(f"{'':<16}{'< %d Hz (dB)' % (k // 8 * hz):>16}{'> %d Hz (dB)' % (k // 2 * hz):>16}{'difference':>12}")
+    w = max(map(len, curves)) + 2
+    print(f"{'':<{w}}{'< %d Hz (dB)' % (k // 8 * hz):>16}{'> %d Hz (dB)' % (k // 2 * hz):>16}{'difference':>12}")
     for name, c in curves.items():
         a, b = float(c[lo].mean()), float(c[hi].mean())
-        print(f"{name:<16}{a:>16.1f}{b:>16.1f}{a - b:>12.1f}")
+        print(f"{name:<{w}}{a:>16.1f}{b:>16.1f}{a - b:>12.1f}")
     if args.out:
         import matplotlib
 

@@ -153,7 +153,8 @@ def run_bench(target: str, registries, *, variants: list[str], sets: list[str], 
         name, vsets = parse_variant(text)
         spec = load_spec(spec_path, registries, sets=list(sets) + vsets, smoke=smoke)
         b = batch or spec.train.batch_size
-        print(f"bench {name}: batch {b}, {', '.join(vsets) or 'spec as is'}", flush=True)
+        what = f"batch {b}" if steps else f"generation only, batch {gen_batch}"
+        print(f"bench {name}: {what}, {', '.join(vsets) or 'spec as is'}", flush=True)
         results["variants"][name] = {"sets": vsets, **bench_variant(spec, dev, b, steps, warmup, repeats, gen_batch)}
     _print_table(results)
     if out:
