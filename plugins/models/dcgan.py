@@ -27,7 +27,8 @@ Sampling runs the generator in eval mode (BatchNorm running statistics), so a sa
 other items of its batch and sampling never changes the model's buffers.
 
 ``ema`` > 0 samples from an exponential moving average of the generator's weights (Yazici et al. 2019) instead
-of the live generator; it is off by default: on MNIST at width 32 it only paid off after ~8 epochs (docs/mnist.md).
+of the live generator. Off by default; the MNIST spec uses 0.999: with WGAN-GP at width 64 it gave the better FID
+after every epoch (6.2 vs 12.1 after 10), with bce at width 32 only after ~8 epochs (docs/mnist.md).
 
 Not here: conditional generation, spectral norm, other image sizes than 28x28.
 """
