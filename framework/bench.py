@@ -123,7 +123,8 @@ def _generation(model, rep, info: DataInfo, device, batch: int, repeats: int) ->
             pcm = (audio.clamp(-1, 1) * 32767).round().to(torch.int16).cpu()
         elapsed = time.perf_counter() - t0
     seconds = repeats * batch * pcm.shape[-1] / info.sample_rate
-    return {"generation_x_realtime": seconds / elapsed, "generation_s_per_sample": elapsed / (repeats * batch)}
+    return {"generation_x_realtime": seconds / elapsed, "generation_s_per_sample": elapsed / (repeats * batch),
+            "generation_batch": batch}
 
 
 def _data_info(spec) -> DataInfo:
@@ -146,8 +147,9 @@ def run_bench(target: str, registries, *, variants: list[str], sets: list[str], 
     if not Path(spec_path).is_file():
         raise FrameworkError(f"bench: '{target}' is neither a preset ({', '.join(PRESETS)}) nor a spec file")
     dev = choose_device(device or "auto")
-    results = {"spec": spec_path, "smoke": smoke, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
-               f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+    cpu = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    results = {"spec": spec_path, "smoke": smoke,
+               "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu,
                "torch": torch.__version__, "steps": steps, "warmup": warmup, "repeats": repeats, "variants": {}}
     for text in variants or preset or ["default:"]:
         name, vsets = parse_variant(text)
@@ -173,4 +175,4 @@ def _print_table(results: dict) -> None:
     for name, r in variants.items():
         step = r.get("s_per_step", nan)
         print(f"{name:<22}{step:>10.4f}{base / step:>10.2f}{r.get('representation_share', nan):>12.1%}"
-              f"{r.get('generation_x_realtime', float('nan')):>12.1f}{r.get('peak_memory_gib', float('nan')):>10.2f}")
+              f"{r.get('generation_x_realtime', nan):>12.1f}{r.get('peak_memory_gib', nan):>10.2f}")

@@ -35,6 +35,6 @@ def test_bench_generation_only_and_bad_arguments(tmp_path):
     out = bench("--steps", "0", "--variant", "gen:", "--out", str(tmp_path / "g.json"))
     assert out.returncode == 0, out.stderr
     r = json.loads((tmp_path / "g.json").read_text())["variants"]["gen"]
-    assert "s_per_step" not in r and r["generation_x_realtime"] > 0
+    assert "s_per_step" not in r and r["generation_x_realtime"] > 0 and r["generation_batch"] == 1
     bad = bench("--steps", "-1")
     assert bad.returncode != 0 and "--steps" in bad.stderr and "Traceback" not in bad.stderr
