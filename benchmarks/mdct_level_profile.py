@@ -4,11 +4,13 @@ real clips, the untrained generator and the generators of given checkpoints, as 
     python benchmarks/mdct_level_profile.py runs/RUN_A/checkpoint.pt runs/RUN_B/checkpoint.pt \
         --data data/piano --out docs/figures/mp3net-demo/level_profile.png
 
-Real piano is ~70 dB quieter at 11 kHz than below 500 Hz; an untrained generator is flat. How far a run has
-moved from flat towards the real profile is audible (hiss vs. a dark, piano-like timbre) long before notes are.
-The real clips come from the checkpoint's own dataset spec (``--data`` overrides its root); the untrained
-generator is the first checkpoint's model rebuilt with the run's seed, as the runner builds it. Numbers are
-means over ``--n`` items of 20 log10(mean |X|) with X the generator's MDCT output (B, C, N, K).
+On the built-in piano set the real level falls by ~65 dB from below 1.4 kHz to above 5.5 kHz; an untrained
+generator is flat (docs/mp3net.md). How far a run has moved from flat towards the real profile is the
+difference between hiss and a dark, piano-like timbre. The real clips come from the checkpoint's own dataset
+spec (``--data`` overrides its root); the untrained generator is a fresh model of the first checkpoint's spec,
+initialised after seeding with the run's seed (the runner's own step-0 weights are not stored, so it need not be
+bit-identical to them). Numbers are means over ``--n`` items of 20 log10(mean |X|) with X the generator's MDCT
+output (B, C, N, K).
 """
 
 from __future__ import annotations
