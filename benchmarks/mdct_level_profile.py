@@ -9,8 +9,10 @@ generator is flat (docs/mp3net.md). How far a run has moved from flat towards th
 difference between hiss and a dark, piano-like timbre. The real clips come from the checkpoint's own dataset
 spec (``--data`` overrides its root); the untrained generator is a fresh model of the first checkpoint's spec,
 initialised after seeding with the run's seed (the runner's own step-0 weights are not stored, so it need not be
-bit-identical to them). Numbers are means over ``--n`` items of 20 log10(mean |X|) with X the generator's MDCT
-output (B, C, N, K).
+bit-identical to them). "real+noise" is what the critic sees of real clips: the representation's
+``critic_view`` adds noise (``mdct_psy``: Gaussian, threshold / 6, spec §2.7), and a generator below that curve
+is below what its critic can tell from real data. Numbers are means over ``--n`` items of 20 log10(mean |X|)
+with X the generator's MDCT output (B, C, N, K).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def main() -> None:
     ds = build_dataset(spec, "train")
     step = max(len(ds) // args.n, 1)
     real = torch.stack([torch.as_tensor(ds[i * step]) for i in range(args.n)])  # (n, C, T)
-    curves = {"real": level_db(rep.encode(real))}
+    torch.manual_seed(0)
+    curves = {"real": level_db(rep.encode(real)), "real+noise": level_db(rep.critic_view(rep.encode(real)))}
 
     seed_everything(spec.seed)
     loss = _construct(spec.loss, "loss", weights=spec.loss.weights)
@@ -77,8 +80,9 @@ def main() -> None:
 
         freqs = (torch.arange(k) + 0.5) * hz
         fig, ax = plt.subplots(figsize=(8, 4))
+        styles = {"real": dict(lw=2.5, color="k"), "real+noise": dict(lw=1.5, color="k", ls=":")}
         for name, c in curves.items():
-            ax.plot(freqs, c, label=name, lw=2.5 if name == "real" else 1.2, color="k" if name == "real" else None)
+            ax.plot(freqs, c, label=name, **styles.get(name, dict(lw=1.2)))
         ax.set_xlabel("frequency (Hz)")
         ax.set_ylabel("mean |MDCT| (dB)")
         ax.set_title("level per MDCT bin: real piano vs generators")

@@ -22,7 +22,7 @@ def test_mdct_level_profile_on_a_smoke_checkpoint(tmp_path):
                           "--n", "2", "--out", str(tmp_path / "p.png")], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr
-    rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[1:4]}  # label, 3 numbers
-    assert list(rows) == ["real", "untrained", "smoke"]
+    rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[1:5]}  # label, 3 numbers
+    assert list(rows) == ["real", "real+noise", "untrained", "smoke"]
     assert all(len(v) == 3 and all(float(x) == float(x) for x in v) for v in rows.values())  # numbers, not NaN
     assert (tmp_path / "p.png").stat().st_size > 1000

@@ -52,6 +52,27 @@ def glorot_uniform_(weight: Tensor, fan_in: int, fan_out: int) -> Tensor:
         return weight.uniform_(-limit, limit)
 
 
+def he_uniform_(module: nn.Module, slope: float = LRELU_SLOPE) -> nn.Module:
+    """Re-draw every Conv, ConvT and Dense kernel of ``module`` from He et al. (2015)'s uniform init for leaky ReLU:
+    U(-l, l), l = sqrt(6 / ((1 + slope^2) fan_in)), fan_in = the inputs that reach one output (a transposed conv
+    of stride s reaches k^2 c_in / s_h s_w). Biases stay zero. Not the paper's init (Glorot, spec §3.1): a deep
+    Glorot stack whose channels widen loses ~1/3 of its variance per layer, so MP3net's untrained critic has an
+    input gradient of ~1e-4 and starts at the gradient penalty's zero-gradient saddle (docs/mp3net.md)."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                fan_in = m.in_features
+            elif isinstance(m, Conv):
+                fan_in = m.k * m.k * m.weight.shape[1]
+            elif isinstance(m, ConvT):
+                fan_in = m.k * m.k * m.weight.shape[0] / (m.stride[0] * m.stride[1])
+            else:
+                continue
+            limit = math.sqrt(6.0 / ((1.0 + slope ** 2) * fan_in))
+            m.weight.uniform_(-limit, limit)
+    return module
+
+
 def dense(n_in: int, n_out: int) -> nn.Linear:
     """Keras Dense: Glorot-uniform kernel, zero bias (PyTorch's nn.Linear defaults differ)."""
     layer = nn.Linear(n_in, n_out)

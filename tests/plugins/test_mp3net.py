@@ -14,7 +14,7 @@ from framework.runtime import Runtime
 from plugins.losses.gan import gradient_penalty
 from plugins.models.mp3net import (D_CONTEXT, G_CONTEXT, G_SHAVE, Critic, CriticBlock, Generator, GeneratorBlock,
                                   Geometry, Mp3Net)
-from plugins.models.mp3net_layers import join_from_batch, lrelu, split_to_batch
+from plugins.models.mp3net_layers import Conv, ConvT, dense, he_uniform_, join_from_batch, lrelu, split_to_batch
 
 REG = collect_registries()
 # depth 3 (16 bins): one block on the whole clip and the two windowed ones; 128 blocks in 2 windows
@@ -215,10 +215,47 @@ def test_representation_shape_mismatch_names_the_params():
     (dict(blocks=96), "blocks = 96 must be a positive multiple of 4\\^depth = 64"),
     (dict(windows=3), "windows = 3 must divide blocks / 16 = 8"),
     (dict(n_critic=0), "n_critic"),
+    (dict(init="kaiming"), "init must be 'glorot'"),
 ])
 def test_bad_params_name_the_fix(params, match):
     with pytest.raises(ValueError, match=match):
         build(**params)
+
+
+@pytest.mark.parametrize("layer", [Conv(64, 64, 3), Conv(64, 128, 3, stride=(2, 2)), ConvT(64, 64, 3, stride=(2, 2)),
+                                   ConvT(128, 64, 3, stride=(2, 1)), ConvT(64, 64, 1), dense(1024, 512)],
+                         ids=["conv", "conv-stride2", "convT-stride2", "convT-stride2x1", "convT-1x1", "dense"])
+def test_he_init_keeps_the_second_moment_through_leaky_relu(layer):
+    # He et al. 2015, eq. 10 with LeakyReLU(0.2): E[lrelu(W x)^2] = E[x^2] for zero-mean W; for a transposed conv
+    # the fan-in is what one output sees, k^2 c_in / (s_h s_w), averaged over the output phases (the model's
+    # strides and kernels)
+    torch.manual_seed(0)
+    he_uniform_(layer)
+    x = torch.randn(4, 1024) if isinstance(layer, torch.nn.Linear) else torch.randn(4, layer.weight.shape[
+        1 if isinstance(layer, Conv) else 0], 32, 32)
+    with torch.no_grad():
+        ratio = (lrelu(layer(x)).square().mean() / x.square().mean()).item()
+    assert 0.8 < ratio < 1.25, ratio
+    assert layer.bias.abs().max() == 0
+
+
+def test_he_init_gives_the_untrained_critic_a_usable_input_gradient():
+    # the paper's Glorot critic starts with |grad_x D| ~ 1e-4 (the penalty's zero-gradient saddle, docs/mp3net.md);
+    # init "he" starts it near the penalty's target 1. The generator keeps an unsaturated tanh output.
+    def critic_grad_and_g_level(init):
+        torch.manual_seed(0)
+        model = build(init=init)
+        x = (torch.randn(8, 2, 128, 16) * 3e-3).requires_grad_(True)
+        grad, = torch.autograd.grad(model.critic(x).sum(), x)
+        with torch.no_grad():
+            y = model.generator(torch.randn(8, 8))
+        return grad.flatten(1).norm(dim=1).mean().item(), y.abs().max().item()
+
+    g_glorot, _ = critic_grad_and_g_level("glorot")
+    g_he, out_he = critic_grad_and_g_level("he")
+    g_he_critic, _ = critic_grad_and_g_level("he_critic")
+    assert g_glorot < 0.05 and 0.2 < g_he < 5 and 0.2 < g_he_critic < 5, (g_glorot, g_he, g_he_critic)
+    assert out_he < 0.5
 
 
 def test_registered_name():
