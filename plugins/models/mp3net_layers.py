@@ -10,6 +10,7 @@
   instead of PyTorch's built-in double backward of convolution, whose second-order terms are convolutions of
   unusual shapes that cuDNN runs very slowly (the project measured the full penalty of MP3net's critic 16x faster
   on an H100 this way). Same values and gradients as the stock conv (tested in float64); on CPU about as fast.
+* :func:`he_uniform_`: He et al. 2015's init for the same layers, an option of the model (not the paper's).
 * :func:`split_to_batch` / :func:`join_from_batch`: MP3net's overlapping time windows folded into the batch
   (spec §3.3), batch index b * S + n as the original.
 * :class:`MinibatchStddev`: ProGAN's minibatch standard deviation with groups of 8 (spec §3.5: the original's
@@ -50,27 +51,6 @@ def glorot_uniform_(weight: Tensor, fan_in: int, fan_out: int) -> Tensor:
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     with torch.no_grad():
         return weight.uniform_(-limit, limit)
-
-
-def he_uniform_(module: nn.Module, slope: float = LRELU_SLOPE) -> nn.Module:
-    """Re-draw every Conv, ConvT and Dense kernel of ``module`` from He et al. (2015)'s uniform init for leaky ReLU:
-    U(-l, l), l = sqrt(6 / ((1 + slope^2) fan_in)), fan_in = the inputs that reach one output (a transposed conv
-    of stride s reaches k^2 c_in / s_h s_w). Biases stay zero. Not the paper's init (Glorot, spec §3.1): a deep
-    Glorot stack whose channels widen loses ~1/3 of its variance per layer, so MP3net's untrained critic has an
-    input gradient of ~1e-4 and starts at the gradient penalty's zero-gradient saddle (docs/mp3net.md)."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.Linear):
-                fan_in = m.in_features
-            elif isinstance(m, Conv):
-                fan_in = m.k * m.k * m.weight.shape[1]
-            elif isinstance(m, ConvT):
-                fan_in = m.k * m.k * m.weight.shape[0] / (m.stride[0] * m.stride[1])
-            else:
-                continue
-            limit = math.sqrt(6.0 / ((1.0 + slope ** 2) * fan_in))
-            m.weight.uniform_(-limit, limit)
-    return module
 
 
 def dense(n_in: int, n_out: int) -> nn.Linear:
@@ -161,6 +141,28 @@ class ConvT(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, {self.weight.shape[1]}, k={self.k}, stride={self.stride}"
+
+
+def he_uniform_(module: nn.Module, slope: float = LRELU_SLOPE) -> nn.Module:
+    """Re-draw every Conv, ConvT and Dense kernel of ``module`` from He et al. (2015)'s uniform init for leaky ReLU:
+    U(-l, l), l = sqrt(6 / ((1 + slope^2) fan_in)), fan_in = the inputs that reach one output (a transposed conv
+    of stride s reaches k^2 c_in / s_h s_w). Biases stay zero. Not the paper's init (Glorot, spec §3.1): in a
+    Glorot conv whose channels double, followed by LeakyReLU(0.2), the signal keeps ~1/3 of its variance, so
+    MP3net's untrained critic has an input gradient of ~1e-4 where the gradient penalty asks for 1
+    (docs/mp3net.md, "Initialisation")."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                fan_in = m.in_features
+            elif isinstance(m, Conv):
+                fan_in = m.k * m.k * m.weight.shape[1]
+            elif isinstance(m, ConvT):
+                fan_in = m.k * m.k * m.weight.shape[0] / (m.stride[0] * m.stride[1])
+            else:
+                continue
+            limit = math.sqrt(6.0 / ((1.0 + slope ** 2) * fan_in))
+            m.weight.uniform_(-limit, limit)
+    return module
 
 
 def split_to_batch(x: Tensor, windows: int, context: tuple[int, int]) -> Tensor:
