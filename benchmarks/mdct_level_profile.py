@@ -79,7 +79,7 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         freqs = (torch.arange(k) + 0.5) * hz
-        fig, ax = plt.subplots(figsize=(8, 4))
+        fig, ax = plt.subplots(figsize=(10, 4))
         styles = {"real": dict(lw=2.5, color="k"), "real+noise": dict(lw=1.5, color="k", ls=":")}
         for name, c in curves.items():
             ax.plot(freqs, c, label=name, **styles.get(name, dict(lw=1.2)))
@@ -87,7 +87,7 @@ def main() -> None:
         ax.set_ylabel("mean |MDCT| (dB)")
         ax.set_title("level per MDCT bin: real piano vs generators")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.out, dpi=100, bbox_inches="tight")
         print(f"wrote {args.out}")
