@@ -296,6 +296,8 @@ class Mp3Net(Model):
         super().__init__()
         if params.n_critic < 1:
             raise ValueError(f"model.params.n_critic must be >= 1, got {params.n_critic}")
+        if params.init not in ("glorot", "he", "he_critic"):
+            raise ValueError(f"model.params.init must be 'glorot' (the paper), 'he' or 'he_critic', got {params.init!r}")
         self.params, self.loss, self.rt = params, loss, runtime
         geo = Geometry.of(params)
         rep_shape = tuple(representation.shape)
@@ -310,8 +312,6 @@ class Mp3Net(Model):
                              f"model.params channels: {c}, blocks: {n}, bins: {k} (or change the dataset's window "
                              f"or the representation's bins)")
         self.critic = Critic(geo, params.base_channels, params.max_channels, params.stddev_group, params.fast_gp_conv)
-        if params.init not in ("glorot", "he", "he_critic"):
-            raise ValueError(f"model.params.init must be 'glorot' (the paper), 'he' or 'he_critic', got {params.init!r}")
         if params.init != "glorot":
             he_uniform_(self.critic)
         if params.init == "he":
