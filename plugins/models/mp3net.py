@@ -49,7 +49,8 @@ from plugins.models.mp3net_layers import (Conv, ConvT, MinibatchStddev, dense, f
 G_CONTEXT = (4, 2)  # rows of past | future context per window where G splits (spec §3.4 step 4)
 G_SHAVE = (64, 32)  # G_CONTEXT after two blocks of x4 time: shaved off at the join (spec §3.4 step 7)
 D_CONTEXT = (35, 50)  # critic window context in MDCT blocks (spec §3.5 step 2); the shaving below assumes 85 rows
-HE_OUTPUT_GAIN = 0.01  # init "he": G's output conv scaled so an untrained clip starts at -37 to -47 dB, unsaturated
+HE_OUTPUT_GAIN = 0.01  # init "he": G's output conv scale; an untrained clip then starts at -37 to -47 dB, near
+#                       piano's low-band level (-52 dB), instead of a saturated tanh (docs/mp3net.md)
 CRITIC_DENSE = 512  # units of the critic's hidden Dense (spec §3.5 step 10), capped by max_channels
 
 
