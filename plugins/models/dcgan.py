@@ -35,7 +35,6 @@ Not here: conditional generation, spectral norm, other image sizes than 28x28.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Literal
 
@@ -45,6 +44,7 @@ from torch import Tensor, nn
 from framework import hookimpl
 from framework.protocols import DataInfo, Loss, Model, Representation
 from framework.runtime import Runtime
+from plugins.models.averaging import averaged_copy, update_average_
 
 NORMS = ("auto", "batch", "layer", "instance", "none")
 
@@ -120,10 +120,8 @@ class Dcgan(Model):
         self.critic = critic(params.d_width, shape[0], self.norm)
         self.generator.apply(init_weights)
         self.critic.apply(init_weights)
-        if not 0.0 <= params.ema < 1.0:
-            raise ValueError(f"model.params.ema must be in [0, 1), got {params.ema}")
-        # Averaged generator weights (Yazici et al. 2019): part of the state dict, so checkpoints carry it.
-        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False) if params.ema else None
+        # Averaged generator weights (Yazici et al. 2019): a submodule, so checkpoints carry it.
+        self.generator_ema = averaged_copy(self.generator, params.ema)
         # Compiled callables kept out of the module tree, so state_dict keys do not depend on train.compile.
         self._nets = {"g": runtime.maybe_compile(self.generator), "d": runtime.maybe_compile(self.critic)}
         self.optimizers = {
@@ -168,18 +166,8 @@ class Dcgan(Model):
             self.optimizers["g"].step()
             out.update(g_terms, **{"g/loss": g_loss})
             if self.generator_ema is not None:
-                self._update_ema(step)
+                update_average_(self.generator_ema, self.generator, self.params.ema, step)
         return {k: v.detach() for k, v in out.items()}
-
-    @torch.no_grad()
-    def _update_ema(self, step: int) -> None:
-        # Warm-up as tf.train.ExponentialMovingAverage(num_updates): early steps average over fewer updates, so
-        # the average does not drag the random initialisation along for ~1 / (1 - decay) steps.
-        decay = min(self.params.ema, (1 + step) / (10 + step))
-        ema, live = self.generator_ema, self.generator
-        torch._foreach_lerp_(list(ema.parameters()), list(live.parameters()), 1.0 - decay)
-        for b_ema, b_live in zip(ema.buffers(), live.buffers()):  # BatchNorm running statistics: the live ones
-            b_ema.copy_(b_live)
 
     @torch.no_grad()
     def sample(self, n: int, truncation: float | None = None) -> Tensor:  # -> (n, C, 28, 28) in [-1, 1]

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from framework import hookimpl
 from framework.protocols import DataInfo, Loss, Model, Representation
 from framework.runtime import Runtime
+from plugins.models.averaging import averaged_copy, update_average_
 from plugins.models.mp3net_layers import (Conv, ConvT, MinibatchStddev, dense, full_precision, he_uniform_,
                                           join_from_batch, lrelu, split_to_batch)
 
@@ -291,6 +292,7 @@ class Mp3Net(Model):
         fast_gp_conv: bool = True  # critic convs with a differentiable backward: same numbers, fast exact GP
         channels_last: bool = False  # NHWC memory format for the convs (faster with cuDNN; no gain on CPU)
         init: str = "glorot"  # kernels: "glorot" (the paper), "he" (G and D), "he_critic" (D only); see he_uniform_
+        ema: float = 0.0  # decay of a generator-weight average that sample() uses (0: off, the paper; averaging.py)
 
     def __init__(self, params: "Mp3Net.Params", *, representation: Representation, loss: Loss,
                  data_info: DataInfo, runtime: Runtime):
@@ -321,6 +323,7 @@ class Mp3Net(Model):
                 self.generator.out.weight.mul_(HE_OUTPUT_GAIN)
         if params.channels_last:
             self.to(memory_format=torch.channels_last)
+        self.generator_ema = averaged_copy(self.generator, params.ema)  # a submodule: checkpoints carry it
         # Kept outside the module tree (plain attributes): the representation is built and moved by the core and
         # is not model state; the compiled wrappers share the networks' parameters, which must not be stored twice.
         object.__setattr__(self, "rep", representation)
@@ -344,10 +347,11 @@ class Mp3Net(Model):
                 bad = z.abs() > truncation
         return z
 
-    def _generate(self, n: int, truncation: float | None = None) -> Tensor:  # -> (n, C, N, K), float32 at least
+    def _generate(self, n: int, truncation: float | None = None, net: nn.Module | None = None) -> Tensor:
+        """(n, C, N, K), float32 at least, from ``net`` (default: the live generator, compiled if asked)."""
         z = self._latents(n, truncation)
         with self.rt.autocast():
-            return full_precision(self._g(z))
+            return full_precision((net or self._g)(z))
 
     def _critic(self, x: Tensor, compiled: bool = True) -> Tensor:  # (B, C, N, K) -> (B,)
         if self.params.channels_last:
@@ -387,6 +391,8 @@ class Mp3Net(Model):
             self.rt.sync_grads(self.generator)
             out.update(g_terms, **{"g/loss": g_loss, "g/grad_norm": _grad_norm(self.generator)})
             self.optimizers["g"].step()
+            if self.generator_ema is not None:
+                update_average_(self.generator_ema, self.generator, self.params.ema, step)
         return {k: v.detach() for k, v in out.items()}
 
     # ---- inference ----
@@ -394,9 +400,11 @@ class Mp3Net(Model):
     @torch.no_grad()
     def sample(self, n: int, truncation: float | None = None) -> Tensor:
         """(n, C, N, K) float32: G(z) in eval mode, noise-free (the original's summary samples are), z truncated
-        normal when ``truncation`` is given (the original's inference: 2.0), standard normal otherwise."""
-        with _eval(self.generator):
-            return self._generate(n, truncation).float()
+        normal when ``truncation`` is given (the original's inference: 2.0), standard normal otherwise. With
+        ``ema`` > 0, G is the weight average."""
+        g = self.generator_ema if self.generator_ema is not None else self.generator
+        with _eval(g):
+            return self._generate(n, truncation, None if g is self.generator else g).float()
 
     @torch.no_grad()
     def score(self, z: Tensor) -> Tensor:

@@ -165,6 +165,29 @@ def test_train_step_updates_the_critic_every_call_and_the_generator_every_n_crit
     assert (adam["lr"], adam["betas"], adam["eps"]) == (1e-4, (0.5, 0.9), 1e-7)
 
 
+def test_ema_averages_the_generator_after_its_updates_and_sample_uses_it():
+    torch.manual_seed(0)
+    model = build(ema=0.999)
+    batch = torch.rand(2, 2, 128, 16) * 0.6 - 0.3
+    before = [p.detach().clone() for p in model.generator.parameters()]
+    model.train_step(batch, 0)  # n_critic 2: a critic update only, the average stays
+    assert all(torch.equal(a, b) for a, b in zip(before, model.generator_ema.parameters()))
+    model.train_step(batch, 1)  # the generator moves; the average takes 1 - min(0.999, 2 / 11) of the step
+    d = 2 / 11
+    for old, new, avg in zip(before, model.generator.parameters(), model.generator_ema.parameters()):
+        assert torch.allclose(avg, d * old + (1 - d) * new.detach(), atol=1e-7)
+    assert not any(p.requires_grad for p in model.generator_ema.parameters())
+    torch.manual_seed(5)
+    x = model.sample(2)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        want = model.generator_ema.eval()(torch.randn(2, TINY["latent_dim"]))
+    assert torch.equal(x, want)
+    assert any(k.startswith("generator_ema.") for k in model.state_dict()) and build().generator_ema is None
+    with pytest.raises(ValueError, match="model.params.ema"):
+        build(ema=-0.1)
+
+
 def test_fast_stock_and_channels_last_make_the_same_training_step():
     outs = []
     for fast, channels_last in ((False, False), (True, False), (True, True)):
