@@ -26,8 +26,11 @@ kernel from He et al. 2015's leaky-ReLU init instead (the generator's output con
 ``he_critic`` only the critic's: the Glorot critic starts with an input gradient of ~1e-4 (the penalty asks for 1),
 and the small CPU spec trains measurably better with ``he`` (docs/mp3net.md, "Initialisation").
 
-Deliberately not here: the progressive-growing stages of the original code (not used by the released run, §3.1),
-EMA of G weights (the original has none), and the original's single-device minibatch-stddev quirk (§3.5).
+``ema`` > 0 samples from an exponential moving average of G's weights (averaging.py; the original has none, so it
+is off by default).
+
+Deliberately not here: the progressive-growing stages of the original code (not used by the released run, §3.1)
+and the original's single-device minibatch-stddev quirk (§3.5).
 """
 
 from __future__ import annotations
@@ -351,7 +354,7 @@ class Mp3Net(Model):
         """(n, C, N, K), float32 at least, from ``net`` (default: the live generator, compiled if asked)."""
         z = self._latents(n, truncation)
         with self.rt.autocast():
-            return full_precision((net or self._g)(z))
+            return full_precision((self._g if net is None else net)(z))
 
     def _critic(self, x: Tensor, compiled: bool = True) -> Tensor:  # (B, C, N, K) -> (B,)
         if self.params.channels_last:
