@@ -405,9 +405,9 @@ class Mp3Net(Model):
         """(n, C, N, K) float32: G(z) in eval mode, noise-free (the original's summary samples are), z truncated
         normal when ``truncation`` is given (the original's inference: 2.0), standard normal otherwise. With
         ``ema`` > 0, G is the weight average."""
-        g = self.generator_ema if self.generator_ema is not None else self.generator
-        with _eval(g):
-            return self._generate(n, truncation, None if g is self.generator else g).float()
+        ema = self.generator_ema
+        with _eval(self.generator if ema is None else ema):
+            return self._generate(n, truncation, ema).float()
 
     @torch.no_grad()
     def score(self, z: Tensor) -> Tensor:
