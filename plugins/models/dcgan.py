@@ -1,5 +1,5 @@
 """The ``dcgan`` model: Radford et al. 2016's DCGAN, the pytorch/examples ``dcgan/main.py`` topology adapted
-to 28x28 images (MNIST), trained with any loss plugin (``bce``, ``hinge``, ``wgan_gp``).
+to 28x28 images (MNIST), trained with any loss plugin (``bce``, ``bce_r1``, ``hinge``, ``wgan_gp``).
 
 28x28 natively, not resized to 32: resizing would make the networks see (and the metrics judge) interpolated
 digits, and every metric and published anchor for MNIST is at 28x28. pytorch/examples doubles the size at each
@@ -19,7 +19,7 @@ stride 2, padding 1 layers. The critic mirrors it (28 -> 14 -> 7 -> 4 -> 1). Per
 As in pytorch/examples: no biases before a norm, N(0, 0.02) convolution weights and N(1, 0.02) norm gains
 (Radford et al. 2016, §4), Adam(2e-4, betas (0.5, 0.999)), the generator's batch reused (detached) for the
 critic update. The critic's norm (``critic_norm``): BatchNorm as in DCGAN, except with a gradient-penalty loss
-(``auto``: any loss with a ``d/gp`` term), where it becomes layer norm: BatchNorm couples the items of a batch,
+(``auto``: any loss with a gradient penalty, ``d/gp`` or ``d/r1``), where it becomes layer norm: BatchNorm couples the items of a batch,
 so the critic is no longer a function of one input and the per-item gradient penalty is invalid (Gulrajani et
 al. 2017, §4, who recommend layer normalisation instead).
 
@@ -96,7 +96,7 @@ class Dcgan(Model):
         latent_dim: int = 100  # z size (pytorch/examples nz)
         g_width: int = 64  # generator channels at 14x14 (ngf); 2x and 4x at 7x7 and 4x4
         d_width: int = 64  # critic channels at 14x14 (ndf)
-        # auto: layer norm when the loss has a gradient penalty (d/gp), else BatchNorm as in DCGAN
+        # auto: layer norm when the loss has a per-item gradient penalty (d/gp, d/r1), else BatchNorm as in DCGAN
         critic_norm: Literal["auto", "batch", "layer", "instance", "none"] = "auto"
         lr: float = 2e-4  # Adam, both networks (Radford et al. 2016, §4)
         betas: tuple[float, float] = (0.5, 0.999)  # beta1 0.5 stabilises GAN training (ibid.)
@@ -115,7 +115,7 @@ class Dcgan(Model):
         self.params, self.rep, self.loss, self.rt, self.shape = params, representation, loss, runtime, shape
         self.norm = params.critic_norm
         if self.norm == "auto":
-            self.norm = "layer" if "d/gp" in loss.weights else "batch"
+            self.norm = "layer" if {"d/gp", "d/r1"} & set(loss.weights) else "batch"
         self.generator = generator(params.latent_dim, params.g_width, shape[0])
         self.critic = critic(params.d_width, shape[0], self.norm)
         self.generator.apply(init_weights)

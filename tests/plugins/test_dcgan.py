@@ -85,10 +85,11 @@ def test_n_critic_updates_the_generator_every_kth_step():
 
 
 def test_gradient_penalty_loss_gets_a_per_item_critic():
-    """BatchNorm couples a batch's items, which invalidates WGAN-GP's per-item penalty; auto must avoid it."""
+    """BatchNorm couples a batch's items, which invalidates WGAN-GP's and R1's per-item penalty; auto must avoid it."""
     torch.manual_seed(0)
     gp, bce = build("wgan_gp"), build("bce")
     assert not any(isinstance(mod, nn.BatchNorm2d) for mod in gp.critic.modules())
+    assert not any(isinstance(mod, nn.BatchNorm2d) for mod in build("bce_r1").critic.modules())
     assert any(isinstance(mod, nn.BatchNorm2d) for mod in bce.critic.modules())
     x, y = batch(4), batch(4, seed=1)
     y[0] = x[0]  # same first item, different batch-mates

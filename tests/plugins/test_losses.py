@@ -52,6 +52,34 @@ def test_lazy_gp_skips_steps_and_scales_by_k():
         make("wgan_gp", gp_every=0)
 
 
+def test_r1_is_the_squared_gradient_norm_on_the_reals_only():
+    # D(x) = 0.5 ||x||^2 + <w, x> has gradient x + w, so R1 = mean_i ||x_i + w||^2 (Mescheder et al. 2018, eq. 9);
+    # the fakes must not enter it.
+    torch.manual_seed(0)
+    w = torch.randn(1, 2, 3, dtype=torch.float64)
+    critic = lambda x: 0.5 * x.flatten(1).pow(2).sum(1) + (x * w).flatten(1).sum(1)  # noqa: E731
+    real, fake = torch.randn(4, 1, 2, 3, dtype=torch.float64), torch.randn(4, 1, 2, 3, dtype=torch.float64)
+    loss = make("bce_r1")
+    terms = loss.discriminator_terms(critic, real, fake)
+    assert torch.allclose(terms["d/r1"], (real + w).flatten(1).pow(2).sum(1).mean())
+    plain = make("bce").discriminator_terms(critic, real, fake)
+    assert torch.allclose(terms["d/real"], plain["d/real"]) and torch.allclose(terms["d/fake"], plain["d/fake"])
+    assert loss.weights["d/r1"] == 5.0  # gamma / 2 with gamma = 10
+    lazy = make("bce_r1", r1_every=3)
+    assert "d/r1" not in lazy.discriminator_terms(critic, real, fake, step=1)
+    assert torch.allclose(lazy.discriminator_terms(critic, real, fake, step=6)["d/r1"], 3 * terms["d/r1"])
+    with pytest.raises(ValueError, match="r1_every"):
+        make("bce_r1", r1_every=0)
+
+
+def test_r1_is_differentiable_wrt_critic_parameters():
+    w = torch.full((1, 4), 0.5, dtype=torch.float64, requires_grad=True)
+    r1 = make("bce_r1").discriminator_terms(linear_critic(w), torch.zeros(3, 1, 4, dtype=torch.float64),
+                                            torch.ones(3, 1, 4, dtype=torch.float64))["d/r1"]
+    r1.backward()
+    assert torch.allclose(w.grad, 2 * w.detach())  # d/dw ||w||^2
+
+
 @pytest.mark.parametrize("name", ["bce", "hinge"])
 def test_bce_and_hinge_formulas(name):
     s_real, s_fake = torch.tensor([2.0, -0.5]), torch.tensor([0.3, -3.0])
