@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from framework.plugin_manager import collect_registries
 from framework.runner import run
 from framework.spec import load_spec
@@ -12,17 +14,41 @@ from framework.spec import load_spec
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_mdct_level_profile_on_a_smoke_checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_checkpoint() -> Path:
+    """checkpoint.pt of the paper spec's smoke run (MP3net, tiny widths, two steps)."""
     registries = collect_registries()
     spec = load_spec(ROOT / "experiments" / "mp3net_piano.yaml", registries, smoke=True,
                      sets=["tracking.system_metrics=false"])
-    result = run(spec, registries, log=lambda m: None)
-    ckpt = result.run_dir / "checkpoint.pt"
-    out = subprocess.run([sys.executable, "benchmarks/mdct_level_profile.py", str(ckpt), "--labels", "smoke",
-                          "--n", "2", "--out", str(tmp_path / "p.png")], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    return run(spec, registries, log=lambda m: None).run_dir / "checkpoint.pt"
+
+
+def script(*args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_mdct_level_profile_on_a_smoke_checkpoint(smoke_checkpoint, tmp_path):
+    out = script("benchmarks/mdct_level_profile.py", str(smoke_checkpoint), "--labels", "smoke", "--n", "2",
+                 "--out", str(tmp_path / "p.png"))
     rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[1:5]}  # label, 3 numbers
     assert list(rows) == ["real", "real+noise", "untrained", "smoke"]
     assert all(len(v) == 3 and all(float(x) == float(x) for x in v) for v in rows.values())  # numbers, not NaN
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_mdct_images_on_a_smoke_checkpoint(smoke_checkpoint, tmp_path):
+    script("benchmarks/mdct_images.py", str(smoke_checkpoint), "--labels", "smoke", "--items", "2",
+           "--out", str(tmp_path / "i.png"))
+    assert (tmp_path / "i.png").stat().st_size > 1000
+
+
+def test_regression_fit_lowers_the_error_of_a_smoke_generator(smoke_checkpoint, tmp_path):
+    out = script("benchmarks/mp3net_regression_fit.py", str(smoke_checkpoint), "--items", "2", "--steps", "20",
+                 "--lr", "1e-3", "--out", str(tmp_path / "fit.pt"))
+    rel = [float(line.split()[4]) for line in out.stdout.splitlines() if line.startswith("step")]
+    assert len(rel) == 5 + 1 and rel[-1] < rel[0]  # Adam on a plain MSE must make progress in 20 steps
+    import torch
+    saved = torch.load(tmp_path / "fit.pt")
+    assert saved["fit"].shape == saved["target"].shape and saved["fit"].dim() == 4
