@@ -39,7 +39,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
 
     states = [checkpoint.load(p) for p in args.checkpoints]
-    model, rep, info, spec, _ = load_model(states[0], "cpu")
+    _, rep, info, spec, _ = load_model(states[0], "cpu")
     if args.data:
         spec.dataset.params = dataclasses.replace(spec.dataset.params, root=args.data)
     ds = build_dataset(spec, "train")
