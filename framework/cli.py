@@ -110,7 +110,7 @@ def cmd_generate(args) -> int:
 
     paths = generate(run_id=args.run, checkpoint_path=args.checkpoint, n=args.n, seconds=args.seconds,
                      truncation=args.truncation, out=Path(args.out), device=args.device, batch=args.batch,
-                     tracking_uri=args.tracking_uri, seed=args.seed)
+                     tracking_uri=args.tracking_uri, seed=args.seed, label=args.label)
     print(f"wrote {len(paths)} files to {args.out}/")
     return 0
 
@@ -204,6 +204,8 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     g.add_argument("--out", default="outputs/generate")
     g.add_argument("--batch", type=int, default=8)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--label", type=int, default=None,
+                   help="class-conditional models: draw every sample of this class (default: uniform classes)")
     g.add_argument("--device")
     g.add_argument("--tracking-uri")
     g.set_defaults(func=cmd_generate)

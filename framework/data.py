@@ -48,6 +48,20 @@ class StepBatchSampler(Sampler[list[int]]):
             position += step_items
 
 
+class Labelled(Dataset):
+    """``(item, label)`` pairs of a labelled dataset (``info.num_classes`` > 0), for class-conditional models;
+    the default collate turns a batch of them into ``(B, *shape)`` items and ``(B,)`` int64 labels."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index], self.dataset.label(index)
+
+
 def _seed_worker(worker_id: int) -> None:
     # numpy and python RNGs in workers follow torch's per-worker seed (torch seeds itself per worker).
     import random

@@ -42,11 +42,16 @@ def load_model(state: dict, device: str | None):
 
 def generate(*, run_id: str | None, checkpoint_path: str | None, n: int, seconds: float | None,
              truncation: float | None, out: Path, device: str | None, batch: int, tracking_uri: str | None,
-             seed: int = 0) -> list[Path]:
+             seed: int = 0, label: int | None = None) -> list[Path]:
+    """``label``: the class every sample is drawn for (class-conditional models only; None: uniform classes)."""
     if n < 1 or batch < 1:
         raise FrameworkError(f"--n and --batch must be >= 1 (got {n}, {batch})")
     path = Path(checkpoint_path) if checkpoint_path else find_checkpoint(run_id, tracking_uri)
     model, rep, info, spec, runtime = load_model(checkpoint.load(path), device)
+    if label is not None and not 0 <= label < model.num_classes:
+        raise FrameworkError(f"--label {label}: this model is unconditional (model.params.num_classes is 0)"
+                             if not model.num_classes else
+                             f"--label {label}: this model draws classes 0 .. {model.num_classes - 1}")
     length = None
     if seconds is not None:
         if info.kind != "audio":
@@ -64,7 +69,8 @@ def generate(*, run_id: str | None, checkpoint_path: str | None, n: int, seconds
     with torch.no_grad(), tqdm(total=n, unit="sample", desc="generate") as bar:
         while done < n:
             k = min(batch, n - done)
-            x = rep.decode(model.sample(k, truncation=truncation).float())  # (k, *data.shape)
+            kw = {} if label is None else {"labels": torch.full((k,), label, device=runtime.device)}
+            x = rep.decode(model.sample(k, truncation=truncation, **kw).float())  # (k, *data.shape)
             if length is not None:
                 x = x[..., :length]
             labels = [f"{done + i:04d}" for i in range(k)]

@@ -12,7 +12,9 @@ images are ``(B, C, H, W)`` in [-1, 1].
 What the core does with them (see :mod:`framework.runner`): it draws batches ``x`` from the dataset,
 moves them to the device, encodes them ``z = representation.encode(x)`` without gradients, and calls
 ``model.train_step(z, step)``. For evaluation it decodes ``model.sample(n)`` back to the data domain
-and feeds real and generated batches to each metric's ``update``.
+and feeds real and generated batches to each metric's ``update``. Class-conditional models (``Model.num_classes``
+> 0) need a labelled dataset (``DataInfo.num_classes``, ``Dataset.label``); the core then passes each batch's
+labels as ``train_step(z, step, labels=y)`` and, in evaluation, the real batch's labels as ``sample(n, labels=y)``.
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ class DataInfo:
     sample_rate: Hz, audio only.
     tags: short provenance strings logged as MLflow tags of every run that uses the data
         (for example the renderer a synthetic piano set was made with).
+    num_classes: how many classes :meth:`Dataset.label` distinguishes (labels ``0 .. num_classes - 1``);
+        0: the items carry no labels.
     """
 
     kind: str
     shape: tuple[int, ...]
     sample_rate: int | None = None
     tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    num_classes: int = 0
 
 
 class Dataset(torch.utils.data.Dataset, ABC):
@@ -59,6 +64,11 @@ class Dataset(torch.utils.data.Dataset, ABC):
     @abstractmethod
     def __getitem__(self, index: int) -> Tensor:  # -> (*info.shape), float32
         ...
+
+    def label(self, index: int) -> int:
+        """The class of item ``index``, in ``0 .. info.num_classes - 1`` (only datasets with ``info.num_classes``
+        > 0 implement it; class-conditional models train on these labels)."""
+        raise NotImplementedError(f"{type(self).__name__} has no labels (info.num_classes is 0)")
 
     @classmethod
     def is_prepared(cls, params: Any) -> bool:
@@ -134,10 +144,15 @@ class Model(nn.Module, ABC):
     Built as ``cls(params, representation=repr, loss=loss, data_info=info, runtime=runtime)``; the
     runner moves it to ``runtime.device`` before the first step. ``step`` counts calls of
     ``train_step`` (for a WGAN: critic iterations), starting at 0.
+
+    ``num_classes`` > 0 makes the model class-conditional: the runner then calls ``train_step(batch, step,
+    labels=y)`` and ``sample(n, labels=y)`` with ``y`` of shape ``(B,)``, int64 (the real items' classes);
+    ``sample`` without labels draws them uniformly.
     """
 
     Params: ClassVar[type]
     optimizers: dict[str, torch.optim.Optimizer]
+    num_classes: int = 0
 
     @abstractmethod
     def train_step(self, batch: Tensor, step: int) -> dict[str, Tensor]:

@@ -31,7 +31,7 @@ import yaml
 
 from framework import artifacts, checkpoint
 from framework.build import Components, build, build_dataset, ensure_prepared
-from framework.data import eval_loader, train_loader
+from framework.data import Labelled, eval_loader, train_loader
 from framework.energy import EnergyMeter
 from framework.errors import CheckpointError, NonFiniteLossError, SpecError
 from framework.runtime import Runtime, resolve_precision
@@ -162,6 +162,18 @@ class Trainer:
         self.step, self.consumed = int(state["step"]), int(state["consumed"])
 
     # ------------------------------------------------------------------------------------- phases
+    def _data(self, dataset):
+        """The dataset as the loaders should read it: with its labels for a class-conditional model."""
+        return Labelled(dataset) if self.c.model.num_classes else dataset
+
+    def _unpack(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A loader batch -> items ``(B, *data.shape)`` on the device and the model's extra keyword arguments
+        (``labels`` ``(B,)`` for a class-conditional model, else none)."""
+        if not self.c.model.num_classes:
+            return batch.to(self.rt.device, non_blocking=True), {}
+        x, y = batch
+        return x.to(self.rt.device, non_blocking=True), {"labels": y.to(self.rt.device, non_blocking=True)}
+
     def evaluate(self) -> dict[str, float]:
         """Feed ``eval_samples`` real items and as many generated ones to every metric."""
         if not self.c.metrics or not self.rt.is_main:
@@ -174,9 +186,9 @@ class Trainer:
             m.reset()
         with torch.random.fork_rng(devices=[self.rt.device] if self.rt.device.type == "cuda" else []), \
                 torch.no_grad():
-            for real in eval_loader(self._eval_dataset, tr.batch_size, tr.eval_samples):
-                real = real.to(self.rt.device)
-                fake = self.c.representation.decode(self.c.model.sample(real.shape[0]).float())
+            for batch in eval_loader(self._data(self._eval_dataset), tr.batch_size, tr.eval_samples):
+                real, kw = self._unpack(batch)  # a conditional model draws for the reals' classes
+                fake = self.c.representation.decode(self.c.model.sample(real.shape[0], **kw).float())
                 self.generated += fake.shape[0]
                 for m in self.c.metrics:
                     m.update(real, fake)
@@ -213,7 +225,7 @@ class Trainer:
     # --------------------------------------------------------------------------------------- loop
     def train(self, stop: _Stop) -> str:
         tr, rt, model, rep = self.spec.train, self.rt, self.c.model, self.c.representation
-        loader = train_loader(self.c.dataset, tr.batch_size, seed=self.spec.seed, start=self.consumed,
+        loader = train_loader(self._data(self.c.dataset), tr.batch_size, seed=self.spec.seed, start=self.consumed,
                               rank=rt.rank, world_size=rt.world_size, num_workers=tr.num_workers,
                               pin_memory=rt.device.type == "cuda")
         batches = iter(loader)
@@ -226,10 +238,10 @@ class Trainer:
         self.energy.switch("train")
         try:
             while self.step < tr.steps:
-                x = next(batches).to(rt.device, non_blocking=True)
+                x, kw = self._unpack(next(batches))
                 with torch.no_grad():
                     z = rep.encode(x)  # (B, *data.shape) -> (B, *representation.shape)
-                out = model.train_step(z, self.step)
+                out = model.train_step(z, self.step, **kw)
                 self.step += 1
                 self.consumed += tr.batch_size * rt.world_size
                 for k, v in out.items():

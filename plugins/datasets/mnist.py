@@ -209,7 +209,8 @@ def _idx_from_hub_pickle(compressed: bytes) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------------- dataset
 
 class Mnist(Dataset):
-    """MNIST digits ``(1, 28, 28)``, float32 in [-1, 1] (byte / 127.5 - 1); train 60k, test 10k, validation = test."""
+    """MNIST digits ``(1, 28, 28)``, float32 in [-1, 1] (byte / 127.5 - 1); train 60k, test 10k, validation = test.
+    Labelled: ``label(i)`` is the digit (10 classes), for class-conditional models."""
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -218,13 +219,16 @@ class Mnist(Dataset):
     def __init__(self, params: "Mnist.Params", *, split: str):
         self.params, self.split = params, split
         self.images, self.labels = load_split(params.root, split)  # (N, 28, 28) uint8, (N,) int64
-        self.info = DataInfo(kind="image", shape=(1, 28, 28), tags={"data.source": "mnist"})
+        self.info = DataInfo(kind="image", shape=(1, 28, 28), tags={"data.source": "mnist"}, num_classes=10)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, index: int) -> Tensor:  # -> (1, 28, 28)
         return self.images[index].unsqueeze(0).float().div_(127.5).sub_(1.0)
+
+    def label(self, index: int) -> int:  # the digit, 0 - 9
+        return int(self.labels[index])
 
     def all_images(self) -> Tensor:  # -> (N, 1, 28, 28), float32 in [-1, 1]
         """The whole split as one tensor (the classifier metrics train and evaluate on it)."""

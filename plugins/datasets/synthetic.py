@@ -63,18 +63,28 @@ class SyntheticAudio(Dataset):
 
 
 class SyntheticImages(Dataset):
-    """Soft disks of random position, radius and brightness; values in [-1, 1]."""
+    """Soft disks of random position, radius and brightness; values in [-1, 1]. With ``classes`` > 0 item ``i``
+    is labelled ``i % classes`` (arbitrary labels, to exercise class-conditional models without real data)."""
 
     @dataclasses.dataclass(frozen=True)
     class Params:
         size: int = 64  # items per split
         shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
         seed: int = 0
+        classes: int = 0  # > 0: labelled, item i in class i % classes
 
     def __init__(self, params: "SyntheticImages.Params", *, split: str):
+        if params.classes < 0:
+            raise ValueError(f"dataset.params.classes must be >= 0, got {params.classes}")
         self.params = params
         self.seed = _split_seed(params.seed, split)
-        self.info = DataInfo(kind="image", shape=tuple(params.shape), tags={"data.source": "synthetic_images"})
+        self.info = DataInfo(kind="image", shape=tuple(params.shape), tags={"data.source": "synthetic_images"},
+                             num_classes=params.classes)
+
+    def label(self, index: int) -> int:
+        if not self.params.classes:
+            return super().label(index)
+        return index % self.params.classes
 
     def __len__(self) -> int:
         return self.params.size

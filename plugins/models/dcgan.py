@@ -30,7 +30,14 @@ other items of its batch and sampling never changes the model's buffers.
 of the live generator. Off by default; the MNIST spec uses 0.999: with WGAN-GP at width 64 it gave the better FID
 after every epoch (6.2 vs 12.1 after 10), with bce at width 32 only after ~8 epochs (docs/mnist.md).
 
-Not here: conditional generation, spectral norm, other image sizes than 28x28.
+``num_classes`` > 0 makes both networks class-conditional (a labelled dataset such as ``mnist`` supplies the
+classes; the runner passes them): the generator sees ``z`` concatenated with the one-hot class, as the
+conditional GANs of Mirza & Osindero 2014 and the cDCGAN examples; the critic becomes a projection discriminator
+(Miyato & Koyama 2018, eq. 3): ``score(x, y) = head(phi(x)) + <e_y, phi(x)>`` with ``phi(x)`` the (B, 4w, 4, 4)
+features before the last convolution and ``e_y`` a learnt embedding of the class of the same size. Fakes are
+drawn for the real batch's classes, so the gradient penalty interpolates between items of the same class.
+
+Not here: spectral norm, other image sizes than 28x28.
 """
 
 from __future__ import annotations
@@ -79,11 +86,37 @@ def critic(width: int, channels: int, norm: str) -> nn.Sequential:
         nn.Conv2d(4 * w, 1, 4, 1, 0, bias=False))  # 1x1
 
 
+class ConditionalGenerator(nn.Module):
+    """``net`` (built for ``latent_dim + num_classes`` inputs) fed with ``z`` and the one-hot class."""
+
+    def __init__(self, net: nn.Sequential, num_classes: int):
+        super().__init__()
+        self.net, self.num_classes = net, num_classes
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:  # (B, latent, 1, 1), (B,) int64 -> (B, C, 28, 28)
+        onehot = nn.functional.one_hot(y, self.num_classes).to(z.dtype)[:, :, None, None]  # (B, classes, 1, 1)
+        return self.net(torch.cat([z, onehot], 1))
+
+
+class ProjectionCritic(nn.Module):
+    """Miyato & Koyama 2018's projection discriminator around the DCGAN critic ``net``: its last convolution
+    is the unconditional head, and a class embedding of the head's input size adds ``<e_y, phi(x)>``."""
+
+    def __init__(self, net: nn.Sequential, num_classes: int):
+        super().__init__()
+        self.body, self.head = net[:-1], net[-1]
+        self.embed = nn.Embedding(num_classes, self.head.in_channels * self.head.kernel_size[0] ** 2)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:  # (B, C, 28, 28), (B,) int64 -> (B,)
+        h = self.body(x)  # (B, 4w, 4, 4)
+        return self.head(h).flatten() + (self.embed(y) * h.flatten(1)).sum(1)
+
+
 def init_weights(m: nn.Module) -> None:
     """DCGAN initialisation (Radford et al. 2016, §4): conv weights N(0, 0.02), norm gains N(1, 0.02), biases 0."""
-    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)):
         nn.init.normal_(m.weight, 0.0, 0.02)
-        if m.bias is not None:
+        if getattr(m, "bias", None) is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.weight is not None:
         nn.init.normal_(m.weight, 1.0, 0.02)
@@ -102,6 +135,7 @@ class Dcgan(Model):
         betas: tuple[float, float] = (0.5, 0.999)  # beta1 0.5 stabilises GAN training (ibid.)
         n_critic: int = 1  # critic updates per generator update; train_step makes one critic update per call
         ema: float = 0.0  # decay of the generator-weight average that sample() uses (0: off, sample the live generator)
+        num_classes: int = 0  # > 0: class-conditional G and projection critic; the dataset must have as many classes
 
     def __init__(self, params: "Dcgan.Params", *, representation: Representation, loss: Loss,
                  data_info: DataInfo, runtime: Runtime):
@@ -116,8 +150,15 @@ class Dcgan(Model):
         self.norm = params.critic_norm
         if self.norm == "auto":
             self.norm = "layer" if {"d/gp", "d/r1"} & set(loss.weights) else "batch"
-        self.generator = generator(params.latent_dim, params.g_width, shape[0])
+        self.num_classes = k = params.num_classes
+        if k < 0 or (k and data_info.num_classes != k):
+            raise ValueError(f"model.params.num_classes is {k} but the dataset labels {data_info.num_classes} "
+                             f"classes; use 0 (unconditional) or the dataset's number of classes (mnist: 10)")
+        self.generator = generator(params.latent_dim + k, params.g_width, shape[0])
         self.critic = critic(params.d_width, shape[0], self.norm)
+        if k:
+            self.generator = ConditionalGenerator(self.generator, k)
+            self.critic = ProjectionCritic(self.critic, k)
         self.generator.apply(init_weights)
         self.critic.apply(init_weights)
         # Averaged generator weights (Yazici et al. 2019): a submodule, so checkpoints carry it.
@@ -132,22 +173,33 @@ class Dcgan(Model):
         z = torch.randn(n, self.params.latent_dim, 1, 1, device=self.rt.device)
         return z if truncation is None else z.clamp(-truncation, truncation)
 
-    def _generate(self, z: Tensor) -> Tensor:  # (B, latent_dim, 1, 1) -> (B, C, 28, 28)
-        with self.rt.autocast():
-            return self._nets["g"](z).float()
+    def _args(self, labels: Tensor | None) -> tuple[Tensor, ...]:
+        """The networks' extra inputs: ``(labels,)`` for a conditional model, else none."""
+        if not self.num_classes:
+            return ()
+        if labels is None:
+            raise ValueError("dcgan with num_classes > 0 is class-conditional: train_step needs labels=(B,) classes")
+        return (labels,)
 
-    def _critic(self, x: Tensor) -> Tensor:  # (B, C, 28, 28) -> (B,)
+    def _generate(self, z: Tensor, *y: Tensor) -> Tensor:  # (B, latent_dim, 1, 1)[, (B,)] -> (B, C, 28, 28)
         with self.rt.autocast():
-            return self._nets["d"](x).float().flatten()
+            return self._nets["g"](z, *y).float()
 
-    def train_step(self, batch: Tensor, step: int) -> dict[str, Tensor]:
+    def _critic(self, x: Tensor, *y: Tensor) -> Tensor:  # (B, C, 28, 28)[, (B,)] -> (B,)
+        with self.rt.autocast():
+            return self._nets["d"](x, *y).float().flatten()
+
+    def train_step(self, batch: Tensor, step: int, labels: Tensor | None = None) -> dict[str, Tensor]:
         b, update_g = batch.shape[0], (step + 1) % self.params.n_critic == 0
+        y = self._args(labels)  # fakes of the reals' classes, so the penalty interpolates within a class
         # One generator forward serves both phases when G is updated this step (pytorch/examples does the same).
         with torch.set_grad_enabled(update_g):
-            fake = self._generate(self._latents(b))  # (B, C, 28, 28)
+            fake = self._generate(self._latents(b), *y)  # (B, C, 28, 28)
 
+        # The losses see a critic of the images alone; a conditional one has this batch's classes bound.
+        critic = (lambda x: self._critic(x, *y)) if y else self._critic
         # Critic: minimise the loss's d/ terms (bce: -log D(x) - log(1 - D(G(z)))) on reals and detached fakes.
-        d_terms = self.loss.discriminator_terms(self._critic, self.rep.critic_view(batch),
+        d_terms = self.loss.discriminator_terms(critic, self.rep.critic_view(batch),
                                                 self.rep.critic_view(fake.detach()), step)
         d_loss = self.loss.total(d_terms)
         self.optimizers["d"].zero_grad(set_to_none=True)
@@ -158,7 +210,7 @@ class Dcgan(Model):
 
         if update_g:
             # Generator: minimise the g/ terms (bce: -log D(G(z)), non-saturating) through the updated critic.
-            g_terms = self.loss.generator_terms(self._critic, self.rep.critic_view(fake))
+            g_terms = self.loss.generator_terms(critic, self.rep.critic_view(fake))
             g_loss = self.loss.total(g_terms)
             self.optimizers["g"].zero_grad(set_to_none=True)
             g_loss.backward()
@@ -170,7 +222,14 @@ class Dcgan(Model):
         return {k: v.detach() for k, v in out.items()}
 
     @torch.no_grad()
-    def sample(self, n: int, truncation: float | None = None) -> Tensor:  # -> (n, C, 28, 28) in [-1, 1]
+    def sample(self, n: int, truncation: float | None = None,
+               labels: Tensor | None = None) -> Tensor:  # -> (n, C, 28, 28) in [-1, 1]
+        """``labels`` (n,): the classes to draw (conditional model only; default uniform at random)."""
+        if labels is not None and not self.num_classes:
+            raise ValueError("dcgan: labels given to an unconditional model (set model.params.num_classes)")
+        if self.num_classes and labels is None:
+            labels = torch.randint(0, self.num_classes, (n,), device=self.rt.device)
+        y = () if labels is None else (labels,)
         g, net = ((self.generator_ema, self.generator_ema) if self.generator_ema is not None
                   else (self.generator, self._nets["g"]))
         was_training = g.training
@@ -178,12 +237,14 @@ class Dcgan(Model):
         try:
             z = self._latents(n, truncation)  # (n, latent_dim, 1, 1)
             with self.rt.autocast():
-                return net(z).float()
+                return net(z, *y).float()
         finally:
             g.train(was_training)
 
     @torch.no_grad()
-    def score(self, z: Tensor) -> Tensor:  # (B, C, 28, 28) -> (B,)
+    def score(self, z: Tensor) -> Tensor | None:  # (B, C, 28, 28) -> (B,)
+        if self.num_classes:
+            return None  # a conditional critic scores an image only together with its class
         was_training = self.critic.training
         self.critic.eval()
         try:

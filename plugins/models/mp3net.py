@@ -286,6 +286,7 @@ class Mp3Net(Model):
         depth: Optional[int] = None  # generator/critic blocks; None: log2(bins) - 1 (the paper's 6: dense grid 2 bins)
         base_channels: int = 16  # d of the width plan min(cap, (4, 2, 1) 4^(depth-1-i) d) (spec §3.1)
         max_channels: int = 512  # cap of the width plan (also caps the critic's Dense 512)
+        critic_base_channels: Optional[int] = None  # the critic's own d (None: base_channels, as the paper)
         windows: int = 128  # time windows of the two top blocks of G and D (spec §3.4-3.5); divides blocks / 16
         stddev_group: int = 8  # minibatch-stddev group size (the original: 8 TPU replicas)
         n_critic: int = 2  # critic updates per generator update (n_discr, Colab notebook)
@@ -317,7 +318,10 @@ class Mp3Net(Model):
                              f"{self.generator.output_shape} but the representation encodes {rep_shape}; set "
                              f"model.params channels: {c}, blocks: {n}, bins: {k} (or change the dataset's window "
                              f"or the representation's bins)")
-        self.critic = Critic(geo, params.base_channels, params.max_channels, params.stddev_group, params.fast_gp_conv)
+        d = params.base_channels if params.critic_base_channels is None else params.critic_base_channels
+        if d < 1:
+            raise ValueError(f"model.params.critic_base_channels must be >= 1 (or null: base_channels), got {d}")
+        self.critic = Critic(geo, d, params.max_channels, params.stddev_group, params.fast_gp_conv)
         if params.init != "glorot":
             he_uniform_(self.critic)
         if params.init == "he":

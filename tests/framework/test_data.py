@@ -1,9 +1,12 @@
 """Batch sampling: resuming from a consumed-position count reproduces the stream, ranks partition it,
-and a different number of processes continues where the old ones stopped."""
+and a different number of processes continues where the old ones stopped; labelled batches."""
 
 import itertools
 
-from framework.data import StepBatchSampler
+import pytest
+import torch
+
+from framework.data import StepBatchSampler, train_loader
 
 
 def take(sampler, steps):
@@ -29,3 +32,18 @@ def test_ranks_partition_each_step_and_world_size_can_change():
     assert [i for s in range(3) for i in r0[s] + r1[s]] == single[:12]
     # 2 processes consumed 3 steps x 2 ranks x 2 items = 12 positions; 1 process resumes from there
     assert take(StepBatchSampler(20, 2, seed=0, start=12), 1)[0] == single[12:14]
+
+
+def test_labelled_batches_pair_items_with_their_labels():
+    from framework.data import Labelled
+    from plugins.datasets.synthetic import SyntheticImages
+
+    ds = SyntheticImages(SyntheticImages.Params(size=20, classes=3), split="train")
+    assert ds.info.num_classes == 3
+    x, y = next(iter(train_loader(Labelled(ds), 5, seed=0, start=0, rank=0, world_size=1, num_workers=0,
+                                  pin_memory=False)))
+    idx = next(iter(StepBatchSampler(20, 5, seed=0)))
+    assert x.shape == (5, 1, 28, 28) and y.dtype == torch.int64 and y.tolist() == [i % 3 for i in idx]
+    assert torch.equal(x[0], ds[idx[0]])
+    with pytest.raises(NotImplementedError, match="no labels"):
+        SyntheticImages(SyntheticImages.Params(size=4), split="train").label(0)

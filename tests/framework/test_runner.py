@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from framework import checkpoint, hookimpl
-from framework.errors import NonFiniteLossError
+from framework.errors import FrameworkError, NonFiniteLossError
 from framework.plugin_manager import collect_registries, make_plugin_manager
 from framework.runner import run, runs_dir
 from framework.spec import load_spec
@@ -77,6 +77,46 @@ def test_smoke_run_records_tags_params_metrics_and_spec(registries):
     assert {"spec.yaml", "samples", "checkpoints"} <= artifacts
     state = checkpoint.load(result.run_dir / "checkpoint.pt")  # weights_only=True
     assert state["step"] == 6 and state["spec"] == spec.resolved
+
+
+def test_class_conditional_model_gets_the_labels_of_its_batches(registries, monkeypatch, tmp_path):
+    """A model with num_classes gets each training batch's labels and, in evaluation, the real batch's labels;
+    `generate --label` draws one class."""
+    from framework.data import StepBatchSampler
+    from plugins.models.dcgan import Dcgan
+
+    seen = {"train": [], "sample": []}
+    train_step, sample = Dcgan.train_step, Dcgan.sample
+
+    def spy_step(self, batch, step, labels=None):
+        seen["train"].append(labels.tolist())
+        return train_step(self, batch, step, labels=labels)
+
+    def spy_sample(self, n, truncation=None, labels=None):
+        seen["sample"].append(None if labels is None else labels.tolist())
+        return sample(self, n, truncation, labels)
+
+    monkeypatch.setattr(Dcgan, "train_step", spy_step)
+    monkeypatch.setattr(Dcgan, "sample", spy_sample)
+    spec = load_spec(ROOT / "experiments" / "mnist_cdcgan.yaml", registries, smoke=True,
+                     sets=["train.eval_every=2", "metrics=[{name: moments}]", "tracking.system_metrics=false"])
+    result = run(spec, registries, log=lambda m: None)
+    assert result.status == "FINISHED"
+    tr = spec.resolved["train"]
+    order = iter(StepBatchSampler(spec.resolved["dataset"]["params"]["size"], tr["batch_size"], seed=spec.seed))
+    assert seen["train"] == [[i % 10 for i in next(order)] for _ in range(tr["steps"])]  # synthetic: i % 10
+    # evaluations at steps 2 and 4 draw the eval split's first 8 classes; the sample grid draws its own (None)
+    evals = [s for s in seen["sample"] if s is not None]
+    assert evals == [list(range(8))] * 2 and None in seen["sample"]
+    seen["sample"].clear()
+    from framework.generate import generate
+
+    generate(run_id=None, checkpoint_path=str(result.run_dir / "checkpoint.pt"), n=3, seconds=None, truncation=None,
+             out=tmp_path, device="cpu", batch=2, tracking_uri=None, label=7)
+    assert seen["sample"] == [[7, 7], [7]] and len(list(tmp_path.glob("grid*.png"))) == 2
+    with pytest.raises(FrameworkError, match="classes 0 .. 9"):
+        generate(run_id=None, checkpoint_path=str(result.run_dir / "checkpoint.pt"), n=1, seconds=None,
+                 truncation=None, out=tmp_path, device="cpu", batch=1, tracking_uri=None, label=10)
 
 
 def _popen(*args):
@@ -213,3 +253,8 @@ def test_generate_from_run_writes_files(registries, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "framework", "generate", "--run", "nope", "--out", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no checkpoint" in bad.stderr
+    from framework.generate import generate
+
+    with pytest.raises(FrameworkError, match="unconditional"):  # --label of a model without classes
+        generate(run_id=None, checkpoint_path=str(result.run_dir / "checkpoint.pt"), n=1, seconds=None,
+                 truncation=None, out=tmp_path, device="cpu", batch=1, tracking_uri=None, label=3)

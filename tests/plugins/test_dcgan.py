@@ -158,3 +158,53 @@ def test_ema_generator_averages_weights_and_is_what_sample_uses():
     assert build().generator_ema is None
     with pytest.raises(ValueError, match="ema"):
         build(ema=1.0)
+
+
+LABELLED = DataInfo(kind="image", shape=(1, 28, 28), num_classes=10)
+
+
+def test_conditional_generator_draws_the_class_it_is_given():
+    torch.manual_seed(0)
+    m = build("wgan_gp", info=LABELLED, num_classes=10)
+    w, z = 8, 100
+    # the one-hot class adds 10 input channels to the first transposed conv; the critic an embedding of (4w, 4, 4)
+    assert count(m.generator) == count(build(latent_dim=z + 10).generator)
+    assert count(m.critic) == count(build("wgan_gp").critic) + 10 * 4 * w * 16
+    zs = m._latents(3)
+    m.generator.eval()  # running BatchNorm statistics: an item's image does not depend on its batch-mates
+    with torch.no_grad():
+        a, b = m._generate(zs, torch.tensor([1, 2, 3])), m._generate(zs, torch.tensor([1, 2, 4]))
+    assert torch.equal(a[:2], b[:2]) and not torch.allclose(a[2], b[2])  # same z, another class: another image
+    x = m.sample(4, labels=torch.tensor([0, 1, 2, 3]))
+    assert x.shape == (4, 1, 28, 28) and m.sample(5).shape == (5, 1, 28, 28)  # no labels: drawn uniformly
+    assert m.score(x) is None  # a conditional critic needs the class to score an image
+
+
+def test_projection_critic_adds_the_class_embedding_dot_the_features():
+    """Miyato & Koyama 2018, eq. 3: score(x, y) = head(phi(x)) + <e_y, phi(x)>, checked against its parts."""
+    torch.manual_seed(0)
+    m = build("wgan_gp", info=LABELLED, num_classes=10)
+    x, y = batch(4), torch.tensor([0, 3, 3, 9])
+    with torch.no_grad():
+        phi = m.critic.body(x)  # (4, 4w, 4, 4)
+        unconditional = (phi * m.critic.head.weight).sum((1, 2, 3))  # the 4x4 conv to one value, no bias
+        want = unconditional + (m.critic.embed.weight[y] * phi.flatten(1)).sum(1)
+        assert torch.allclose(m._critic(x, y), want, atol=1e-5)
+        m.critic.embed.weight[3].zero_()  # class 3 now scores as the unconditional critic
+        assert torch.allclose(m._critic(x, y)[1:3], unconditional[1:3], atol=1e-5)
+
+
+def test_conditional_train_step_uses_the_labels_everywhere():
+    torch.manual_seed(0)
+    m = build("wgan_gp", info=LABELLED, num_classes=10)
+    e0 = m.critic.embed.weight.clone()
+    out = m.train_step(batch(), 0, labels=torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert all(torch.isfinite(v) for v in out.values()) and "d/gp" in out
+    changed = (m.critic.embed.weight != e0).any(1)
+    assert changed[:3].all() and not changed[3:].any()  # only the batch's classes' embeddings get gradients
+    with pytest.raises(ValueError, match="labels"):
+        m.train_step(batch(), 1)
+    with pytest.raises(ValueError, match="unconditional"):
+        build().sample(2, labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="num_classes"):
+        build(num_classes=10)  # the dataset has no labels

@@ -56,6 +56,7 @@ def test_reads_idx_in_every_layout(tmp_path, layout, gz):
     # byte b -> b / 127.5 - 1: 0 -> -1, 255 -> +1
     assert torch.allclose(x[0], torch.from_numpy(data["train"][0][3].astype(np.float32)) / 127.5 - 1)
     assert torch.equal(test.labels, torch.from_numpy(data["test"][1].astype(np.int64)))
+    assert test.info.num_classes == 10 and [test.label(i) for i in range(4)] == data["test"][1].tolist()
 
 
 def test_validation_is_the_test_split(tmp_path):

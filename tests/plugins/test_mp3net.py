@@ -224,6 +224,13 @@ def test_checkpoint_state_holds_each_network_once():
     assert sum(v.numel() for v in model.state_dict().values()) == count(model.generator) + count(model.critic)
 
 
+def test_critic_width_can_differ_from_the_generators():
+    m, wide = build(), build(critic_base_channels=4)
+    assert count(wide.generator) == count(m.generator)
+    assert count(wide.critic) == count(Critic(Geometry.of(Mp3Net.Params(**TINY)), 4, 8))  # d = 4, cap 8
+    assert count(wide.critic) > count(m.critic)
+
+
 def test_representation_shape_mismatch_names_the_params():
     with pytest.raises(ValueError, match=r"model.params channels: 2, blocks: 256, bins: 16"):
         build(shape=(2, 256, 16))
@@ -239,6 +246,7 @@ def test_representation_shape_mismatch_names_the_params():
     (dict(windows=3), "windows = 3 must divide blocks / 16 = 8"),
     (dict(n_critic=0), "n_critic"),
     (dict(init="kaiming"), "init must be 'glorot'"),
+    (dict(critic_base_channels=0), "critic_base_channels must be >= 1"),
 ])
 def test_bad_params_name_the_fix(params, match):
     with pytest.raises(ValueError, match=match):
