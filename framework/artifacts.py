@@ -65,12 +65,13 @@ def spectrogram_png(x: Tensor, sample_rate: int, path: Path, title: str = "") ->
     return path
 
 
-def save_samples(x: Tensor, info: DataInfo, out_dir: Path, stem: str, labels: list[str] | None = None
-                 ) -> list[Path]:
-    """Write generated items ``(B, *info.shape)`` (data domain) for people to look at or listen to."""
+def save_samples(x: Tensor, info: DataInfo, out_dir: Path, stem: str, labels: list[str] | None = None,
+                 columns: int | None = None) -> list[Path]:
+    """Write generated items ``(B, *info.shape)`` (data domain) for people to look at or listen to;
+    ``columns``: of an image grid (default: square)."""
     out_dir = Path(out_dir)
     if info.kind == "image":
-        return [image_grid(x, out_dir / f"{stem}.png")]
+        return [image_grid(x, out_dir / f"{stem}.png", columns)]
     if info.kind == "audio":
         import soundfile as sf
 

@@ -207,7 +207,10 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.rt.device] if self.rt.device.type == "cuda" else []), \
                 torch.no_grad():
             torch.manual_seed(self.spec.seed)  # the same latents at every sampling step: progress is comparable
-            z = self.c.model.sample(n if self.c.dataset.info.kind == "image" else max(n, 3) * 4)
+            k, columns, kw = self.c.model.num_classes, None, {}
+            if k and self.c.dataset.info.kind == "image":  # a conditional model's grid: column j is class j
+                columns, kw = k, {"labels": torch.arange(n, device=self.rt.device) % k}
+            z = self.c.model.sample(n if self.c.dataset.info.kind == "image" else max(n, 3) * 4, **kw)
             labels = None
             scores = self.c.model.score(z)
             if scores is not None and self.c.dataset.info.kind == "audio":
@@ -216,7 +219,8 @@ class Trainer:
                 z, labels = z[torch.stack(list(pick.values()))], list(pick)
             x = self.c.representation.decode(z.float())
             self.generated += z.shape[0]
-        paths = artifacts.save_samples(x, self.c.dataset.info, self.run_dir / "samples", f"step{self.step:07d}", labels)
+        paths = artifacts.save_samples(x, self.c.dataset.info, self.run_dir / "samples", f"step{self.step:07d}", labels,
+                                       columns)
         for p in paths:
             self.tracker.log_artifact(p, "samples")
         self.energy.switch("train")
