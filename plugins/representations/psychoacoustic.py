@@ -181,7 +181,10 @@ class MdctPsy(Mdct):
     ``critic_view(z) = z + threshold(z) * N(0, 1) / 6``, threshold = masking_threshold(z, drown), for reals
     and fakes alike (spec §2.7, §4.1), from the global RNG (the runner seeds it). Gradients flow through the
     fakes' threshold (the original does not stop them). ``noise: false`` makes it the identity, which is the
-    ``mdct`` ablation with the same parameters. encode/decode/shape as ``mdct`` (N = T // K + 1 blocks; MP3net's
+    ``mdct`` ablation with the same parameters. ``critic_scale: threshold`` (not in the paper) shows the critic
+    that divided by the threshold, i.e. in units of audibility: a coefficient at 1 is just masked, whatever its
+    band, so errors in the quiet high band weigh as much as in the loud low band (on raw amplitudes the critic's
+    unit-gradient budget goes to the loud bins; docs/mp3net.md, "Level per MDCT bin"). encode/decode/shape as ``mdct`` (N = T // K + 1 blocks; MP3net's
     16384-block clips are T = 16383 * 128 samples). Needs the dataset's sample_rate (the Bark scale).
     """
 
@@ -193,6 +196,7 @@ class MdctPsy(Mdct):
         alpha: float = 0.6  # non-linear superposition exponent of the spreading
         drown: float = 0.0  # lowers the tonality offset (0: MP3net; 1: threshold at masker level)
         noise: bool = True  # add threshold-scaled noise before the critic
+        critic_scale: str = "amplitude"  # amplitude (MP3net) | threshold: the critic sees X / masking threshold
 
     name = "mdct_psy"
 
@@ -207,15 +211,22 @@ class MdctPsy(Mdct):
         if params.bark_bands < 1 or not 0.0 < params.alpha <= 1.0:
             raise ValueError(f"representation 'mdct_psy': representation.params.bark_bands must be >= 1 and alpha "
                              f"in (0, 1], got bark_bands={params.bark_bands}, alpha={params.alpha}")
+        if params.critic_scale not in ("amplitude", "threshold"):
+            raise ValueError(f"representation 'mdct_psy': representation.params.critic_scale must be 'amplitude' "
+                             f"or 'threshold', got {params.critic_scale!r}")
         self.params = params
         self.model = PsychoacousticModel(data_info.sample_rate, params.bins, params.bark_bands, params.alpha,
                                          check_finite=False)
 
     def critic_view(self, z: Tensor) -> Tensor:  # (B, C, N, K) -> (B, C, N, K)
-        if not self.params.noise:
+        scaled = self.params.critic_scale == "threshold"
+        if not (self.params.noise or scaled):
             return z
-        threshold = self.model.masking_threshold(z, self.params.drown)
-        return (self.model.add_noise(z.float() if z.dtype != threshold.dtype else z, threshold)).to(z.dtype)
+        threshold = self.model.masking_threshold(z, self.params.drown)  # (B, C, N, K), float32 at least
+        seen = z.float() if z.dtype != threshold.dtype else z
+        if self.params.noise:
+            seen = self.model.add_noise(seen, threshold)
+        return (seen / threshold if scaled else seen).to(z.dtype)
 
 
 @hookimpl

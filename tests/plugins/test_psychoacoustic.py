@@ -166,15 +166,35 @@ def test_mdct_psy_representation_adds_masked_noise_with_gradients():
     assert torch.equal(quiet.critic_view(z), z)
 
 
+def test_critic_view_in_threshold_units_divides_by_the_masking_threshold():
+    torch.manual_seed(0)
+    x = torch.rand(2, 2, 128 * 15) - 0.5
+    plain, scaled = mdct_psy(noise=False, critic_scale="threshold"), mdct_psy(critic_scale="threshold")
+    z = plain.encode(x).requires_grad_(True)
+    thr = plain.model.masking_threshold(z.detach())
+    torch.testing.assert_close(plain.critic_view(z), z / thr)  # without noise: exactly X / threshold
+    seen = scaled.critic_view(z)
+    noise = (seen - z / thr).detach()  # the noise in these units is N(0, 1/36), whatever the band's level
+    assert 0.12 < noise.std().item() < 0.21 and noise.abs().max() < 1.2
+    seen.sum().backward()
+    assert torch.isfinite(z.grad).all()
+    with pytest.raises(ValueError, match="critic_scale"):
+        mdct_psy(critic_scale="db")
+
+
 def test_critic_view_of_silence_has_finite_gradients():
-    rep = mdct_psy()
-    for dtype in (torch.float32, torch.float64):
-        z = torch.zeros(1, *rep.shape, dtype=dtype, requires_grad=True)
-        seen = rep.critic_view(z)
-        assert seen.dtype == dtype
-        assert 0 < (seen - z).abs().max() < 1e-3  # quiet threshold at most 1.45e-4, noise std thr / 6
-        (seen ** 2).sum().backward()
-        assert torch.isfinite(z.grad).all()
+    for scale in ("amplitude", "threshold"):
+        rep = mdct_psy(critic_scale=scale)
+        for dtype in (torch.float32, torch.float64):
+            z = torch.zeros(1, *rep.shape, dtype=dtype, requires_grad=True)
+            seen = rep.critic_view(z)
+            assert seen.dtype == dtype
+            if scale == "amplitude":
+                assert 0 < (seen - z).abs().max() < 1e-3  # quiet threshold at most 1.45e-4, noise std thr / 6
+            else:
+                assert 0 < seen.abs().max() < 1.2  # the noise alone: N(0, 1/36) in threshold units
+            (seen ** 2).sum().backward()
+            assert torch.isfinite(z.grad).all()
 
 
 def test_mdct_psy_rejects_bad_params_and_data():
