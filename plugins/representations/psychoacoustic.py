@@ -185,8 +185,9 @@ class MdctPsy(Mdct):
     that divided by the threshold, i.e. in units of audibility: a coefficient at 1 is just masked, whatever its
     band, so errors in the quiet high band weigh as much as in the loud low band (on raw amplitudes the critic's
     unit-gradient budget goes to the loud bins; docs/mp3net.md, "Level per MDCT bin"). Measured on the small spec:
-    worse, the penalty does not hold in these units (docs/mp3net.md, "A critic in masking-threshold units"). encode/decode/shape as ``mdct`` (N = T // K + 1 blocks; MP3net's
-    16384-block clips are T = 16383 * 128 samples). Needs the dataset's sample_rate (the Bark scale).
+    worse, the penalty does not hold in these units (docs/mp3net.md, "A critic in masking-threshold units").
+    encode/decode/shape as ``mdct`` (N = T // K + 1 blocks; MP3net's 16384-block clips are T = 16383 * 128
+    samples). Needs the dataset's sample_rate (the Bark scale).
     """
 
     @dataclasses.dataclass(frozen=True)
