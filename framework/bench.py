@@ -86,14 +86,16 @@ def _train_steps(model, rep, x, device: torch.device, steps: int, warmup: int, r
     """Seconds per ``train_step`` (median over ``repeats`` loops of ``steps``) and the representation's share."""
     with torch.no_grad():
         z = rep.encode(x)
+    # a class-conditional model trains on labelled batches: random classes (B,), as a labelled loader would give
+    kw = {"labels": torch.randint(0, model.num_classes, (x.shape[0],), device=device)} if model.num_classes else {}
     for s in range(warmup):
-        model.train_step(z, s)
+        model.train_step(z, s, **kw)
     times = []
     for r in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
         for s in range(steps):
-            out = model.train_step(z, warmup + r * steps + s)
+            out = model.train_step(z, warmup + r * steps + s, **kw)
         _sync(device)
         times.append((time.perf_counter() - t0) / steps)
     finite = all(bool(torch.isfinite(v)) for v in out.values())

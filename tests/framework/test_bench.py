@@ -38,3 +38,15 @@ def test_bench_generation_only_and_bad_arguments(tmp_path):
     assert "s_per_step" not in r and r["generation_x_realtime"] > 0 and r["generation_batch"] == 1
     bad = bench("--steps", "-1")
     assert bad.returncode != 0 and "--steps" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_times_a_class_conditional_model_with_labels(tmp_path):
+    # dcgan with num_classes > 0 refuses a train_step without labels, so this fails unless bench passes them
+    out = subprocess.run([sys.executable, "-m", "framework", "bench", "experiments/mnist_cdcgan.yaml", "--smoke",
+                          "--device", "cpu", "--steps", "1", "--warmup", "0", "--repeats", "1",
+                          "--variant", "cond:", "--variant", "uncond:model.params.num_classes=0",
+                          "--out", str(tmp_path / "c.json")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "c.json").read_text())["variants"]
+    assert res["cond"]["finite"] and res["uncond"]["finite"]
+    assert res["cond"]["params"] > res["uncond"]["params"]  # the class embedding and the one-hot inputs

@@ -64,7 +64,7 @@ def test_matches_the_originals_polyphase_matrices(bins):
 def test_perfect_reconstruction(window_kind, bins, dtype, tol):
     # float64 keeps the original's float32-rounded sqrt(2): the round trip is off by 3.4e-8 relative.
     # float32: the reference observed ~1e-6 (spec §1.2); the rounding of the 2K-term sums depends on the CPU's
-    # kernels: 1.19e-6 (20 ulp of 1.0) at K = 256 on an AVX-512 Xeon, so 2e-6 (a wrong window or scale: ~1e-1)
+    # kernels: 1.19e-6 (10 ulp at 1.0) at K = 256 on an AVX-512 Xeon, so 2e-6 (a wrong window or scale: ~1e-1)
     torch.manual_seed(0)
     x = (torch.rand(2, 2, bins * 40, dtype=dtype) * 2 - 1)  # full scale
     m = MDCT(bins, window_kind)

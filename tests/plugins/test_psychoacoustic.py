@@ -192,7 +192,7 @@ def test_critic_view_of_silence_has_finite_gradients():
             if scale == "amplitude":
                 assert 0 < (seen - z).abs().max() < 1e-3  # quiet threshold at most 1.45e-4, noise std thr / 6
             else:
-                assert 0 < seen.abs().max() < 1.2  # the noise alone: N(0, 1/36) in threshold units
+                assert 0.3 < seen.abs().max() < 1.2  # the noise alone: N(0, 1/36) in threshold units (amplitude: < 1e-3)
             (seen ** 2).sum().backward()
             assert torch.isfinite(z.grad).all()
 
