@@ -175,6 +175,9 @@ class PsychoacousticModel(nn.Module):
         return (PsychoacousticModel.amplitude_to_db(a) - db_min) / (DB_MAX - db_min)
 
 
+CRITIC_SCALES = ("amplitude", "threshold", "log_threshold")  # what MdctPsy.critic_view shows the critic
+
+
 class MdctPsy(Mdct):
     """``mdct_psy``: the MDCT representation plus MP3net's psychoacoustic noise in ``critic_view``.
 
@@ -186,6 +189,8 @@ class MdctPsy(Mdct):
     band, so errors in the quiet high band weigh as much as in the loud low band (on raw amplitudes the critic's
     unit-gradient budget goes to the loud bins; docs/mp3net.md, "Level per MDCT bin"). Measured on the small spec:
     worse, the penalty does not hold in these units (docs/mp3net.md, "A critic in masking-threshold units").
+    ``critic_scale: log_threshold`` (not in the paper either) compresses that ratio, asinh(X / threshold): linear
+    within the threshold (the noise stays N(0, 1/36)), logarithmic above it.
     encode/decode/shape as ``mdct`` (N = T // K + 1 blocks; MP3net's 16384-block clips are T = 16383 * 128
     samples). Needs the dataset's sample_rate (the Bark scale).
     """
@@ -198,7 +203,8 @@ class MdctPsy(Mdct):
         alpha: float = 0.6  # non-linear superposition exponent of the spreading
         drown: float = 0.0  # lowers the tonality offset (0: MP3net; 1: threshold at masker level)
         noise: bool = True  # add threshold-scaled noise before the critic
-        critic_scale: str = "amplitude"  # amplitude (MP3net) | threshold: the critic sees X / masking threshold
+        critic_scale: str = "amplitude"  # amplitude (MP3net) | threshold: X / masking threshold | log_threshold:
+        # asinh(X / masking threshold)
 
     name = "mdct_psy"
 
@@ -213,22 +219,26 @@ class MdctPsy(Mdct):
         if params.bark_bands < 1 or not 0.0 < params.alpha <= 1.0:
             raise ValueError(f"representation 'mdct_psy': representation.params.bark_bands must be >= 1 and alpha "
                              f"in (0, 1], got bark_bands={params.bark_bands}, alpha={params.alpha}")
-        if params.critic_scale not in ("amplitude", "threshold"):
-            raise ValueError(f"representation 'mdct_psy': representation.params.critic_scale must be 'amplitude' "
-                             f"or 'threshold', got {params.critic_scale!r}")
+        if params.critic_scale not in CRITIC_SCALES:
+            raise ValueError(f"representation 'mdct_psy': representation.params.critic_scale must be one of "
+                             f"{', '.join(CRITIC_SCALES)}, got {params.critic_scale!r}")
         self.params = params
         self.model = PsychoacousticModel(data_info.sample_rate, params.bins, params.bark_bands, params.alpha,
                                          check_finite=False)
 
     def critic_view(self, z: Tensor) -> Tensor:  # (B, C, N, K) -> (B, C, N, K)
-        scaled = self.params.critic_scale == "threshold"
-        if not (self.params.noise or scaled):
+        scale = self.params.critic_scale
+        if not self.params.noise and scale == "amplitude":
             return z
         threshold = self.model.masking_threshold(z, self.params.drown)  # (B, C, N, K), float32 at least
         seen = z.float() if z.dtype != threshold.dtype else z
         if self.params.noise:
             seen = self.model.add_noise(seen, threshold)
-        return (seen / threshold if scaled else seen).to(z.dtype)
+        if scale != "amplitude":
+            seen = seen / threshold
+            if scale == "log_threshold":
+                seen = torch.asinh(seen)
+        return seen.to(z.dtype)
 
 
 @hookimpl

@@ -2,6 +2,7 @@
 file, float64 and float32, at the README's tolerances), plus invariants and the mdct_psy representation."""
 
 import functools
+import math
 import re
 
 import numpy as np
@@ -178,12 +179,27 @@ def test_critic_view_in_threshold_units_divides_by_the_masking_threshold():
     assert 0.12 < noise.std().item() < 0.21 and noise.abs().max() < 1.2
     seen.sum().backward()
     assert torch.isfinite(z.grad).all()
-    with pytest.raises(ValueError, match="critic_scale"):
+    with pytest.raises(ValueError, match="critic_scale must be one of amplitude, threshold, log_threshold, got 'db'"):
         mdct_psy(critic_scale="db")
 
 
+def test_critic_view_in_log_threshold_units_compresses_the_ratio():
+    torch.manual_seed(0)
+    t = torch.arange(128 * 15) / 22016
+    x = 0.5 * torch.sin(2 * math.pi * 1000 * t) + 1e-4 * torch.randn(2, 2, t.numel())  # a tone in faint noise
+    z = mdct_psy().encode(x)
+    ratio = z / mdct_psy().model.masking_threshold(z)
+    assert ratio.abs().max() > 20  # the tone lies far above its threshold, the faint noise far below
+    torch.testing.assert_close(mdct_psy(noise=False, critic_scale="log_threshold").critic_view(z), torch.asinh(ratio))
+    seen = mdct_psy(critic_scale="log_threshold").critic_view(z)
+    assert seen.abs().max() < 5  # compressed: asinh(r) ~ log(2 r)
+    assert (seen - torch.asinh(ratio)).abs().max() < 1.2  # asinh is 1-Lipschitz and the noise is N(0, 1/36) ...
+    noise = (seen - torch.asinh(ratio))[ratio.abs() < 0.05]  # ... and passes ~unchanged where asinh(r) ~ r
+    assert noise.numel() > 300 and 0.12 < noise.std().item() < 0.21
+
+
 def test_critic_view_of_silence_has_finite_gradients():
-    for scale in ("amplitude", "threshold"):
+    for scale in ("amplitude", "threshold", "log_threshold"):
         rep = mdct_psy(critic_scale=scale)
         for dtype in (torch.float32, torch.float64):
             z = torch.zeros(1, *rep.shape, dtype=dtype, requires_grad=True)
