@@ -120,40 +120,56 @@ class GeneratorBlock(nn.Module):
 
     The lower path (all bins) and the higher path (top half of the bins, which builds the new top octave) each
     double the time, a 1x1 conv "rebalances" each without activation, the two are concatenated on frequency
-    [lower, higher] and a last pair of convs doubles the time again.
+    [lower, higher] and a last pair of convs doubles the time again. ``norm``: a BatchNorm2d before every
+    activation (not in the paper; see :class:`Generator`).
     """
 
-    def __init__(self, c_in: int, mid: int, out: int):
+    def __init__(self, c_in: int, mid: int, out: int, norm: bool = False):
         super().__init__()
         self.high = nn.ModuleList([ConvT(c_in, mid, 3, (2, 2)), ConvT(mid, mid, 3)])  # Keras 0.2x2H, 1.1x1H
         self.low = nn.ModuleList([ConvT(c_in, mid, 3, (2, 1)), ConvT(mid, mid, 3)])  # 0.2x1L, 1.1x1L
         self.rebalance_high, self.rebalance_low = ConvT(mid, mid, 1), ConvT(mid, mid, 1)  # 2.1x1H, 2.1x1L
         self.merge = nn.ModuleList([ConvT(mid, out, 3, (2, 1)), ConvT(out, out, 3)])  # 3.2x1, 4.1x1
+        self.norm_high, self.norm_low = _norms((mid, mid), norm), _norms((mid, mid), norm)  # parameter-free
+        self.norm_merge = _norms((out, out), norm)  # when off: nn.Identity, no state (checkpoints unchanged)
 
     def forward(self, x: Tensor) -> Tensor:
         high = x[..., x.shape[-1] // 2:]  # (B, c_in, T, F/2)
-        for conv in self.high:
-            high = lrelu(conv(high))  # -> (B, mid, 2T, F)
+        for conv, norm in zip(self.high, self.norm_high):
+            high = lrelu(norm(conv(high)))  # -> (B, mid, 2T, F)
         low = x
-        for conv in self.low:
-            low = lrelu(conv(low))  # -> (B, mid, 2T, F)
+        for conv, norm in zip(self.low, self.norm_low):
+            low = lrelu(norm(conv(low)))  # -> (B, mid, 2T, F)
         y = torch.cat([self.rebalance_low(low), self.rebalance_high(high)], dim=-1)  # (B, mid, 2T, 2F)
-        for conv in self.merge:
-            y = lrelu(conv(y))  # -> (B, out, 4T, 2F)
+        for conv, norm in zip(self.merge, self.norm_merge):
+            y = lrelu(norm(conv(y)))  # -> (B, out, 4T, 2F)
         return y
 
 
-class Generator(nn.Module):
-    """z (B, latent_dim) -> (B, C, N, K) in (-1, 1) (spec §3.4)."""
+def _norms(widths: tuple[int, ...], on: bool) -> nn.ModuleList:
+    return nn.ModuleList([nn.BatchNorm2d(c) if on else nn.Identity() for c in widths])
 
-    def __init__(self, geo: Geometry, latent_dim: int = 512, base: int = 16, cap: int = 512):
+
+class Generator(nn.Module):
+    """z (B, latent_dim) -> (B, C, N, K) in (-1, 1) (spec §3.4).
+
+    ``norm`` (not in the paper, which has no normalisation in G or D, spec §3.1) puts a BatchNorm2d before every
+    LeakyReLU, as DCGAN's generator. Why: without it the untrained generator's output is mostly the same for every
+    z (a deep LeakyReLU stack adds a positive mean at each activation, which the next conv carries on as a fixed
+    pattern; about 85 % of the energy of 16 samples is their mean, docs/mp3net.md "Samples that do not depend on
+    z"), and batch statistics remove that mean at every layer. The windowed top blocks normalise over all
+    windows of the batch.
+    """
+
+    def __init__(self, geo: Geometry, latent_dim: int = 512, base: int = 16, cap: int = 512, norm: bool = False):
         super().__init__()
         self.geo = geo
         plan = channel_plan(geo.depth, base, cap)
         self.c0 = plan[0][0]  # the paper: 512 = "in" of block 0
         self.dense = dense(latent_dim, geo.dense_time * geo.dense_bins * self.c0)  # Keras "generator_conv2dt.4x1"
         widths_in = [self.c0] + [out for _, _, out in plan[:-1]]
-        self.blocks = nn.ModuleList([GeneratorBlock(c, mid, out) for c, (_, mid, out) in zip(widths_in, plan)])
+        self.dense_norm = nn.BatchNorm2d(self.c0) if norm else nn.Identity()
+        self.blocks = nn.ModuleList([GeneratorBlock(c, mid, out, norm) for c, (_, mid, out) in zip(widths_in, plan)])
         self.out = Conv(plan[-1][2], geo.channels, 1)  # Keras "generator_output_conv2d_new", no activation
 
     @property
@@ -164,7 +180,7 @@ class Generator(nn.Module):
     def forward(self, z: Tensor) -> Tensor:  # (B, latent_dim) -> (B, C, N, K)
         B, geo = z.shape[0], self.geo
         x = self.dense(z).view(B, geo.dense_time, geo.dense_bins, self.c0).permute(0, 3, 1, 2)  # Keras (t, f, c)
-        x = lrelu(x)  # (B, c0, N/4^n, K/2^n)
+        x = lrelu(self.dense_norm(x))  # (B, c0, N/4^n, K/2^n)
         for block in self.blocks[:-2]:
             x = block(x)  # -> (B, c, N/16, K/4)
         # the two top blocks per window: memory, and each window sees only its local context (spec §3.4 step 5)
@@ -297,12 +313,15 @@ class Mp3Net(Model):
         channels_last: bool = False  # NHWC memory format for the convs (faster with cuDNN; no gain on CPU)
         init: str = "glorot"  # kernels: "glorot" (the paper), "he" (G and D), "he_critic" (D only); see he_uniform_
         ema: float = 0.0  # decay of a generator-weight average that sample() uses (0: off, the paper; averaging.py)
+        g_norm: str = "none"  # "none" (the paper) | "batch": BatchNorm2d before every activation of G (Generator)
 
     def __init__(self, params: "Mp3Net.Params", *, representation: Representation, loss: Loss,
                  data_info: DataInfo, runtime: Runtime):
         super().__init__()
         if params.n_critic < 1:
             raise ValueError(f"model.params.n_critic must be >= 1, got {params.n_critic}")
+        if params.g_norm not in ("none", "batch"):
+            raise ValueError(f"model.params.g_norm must be 'none' (the paper) or 'batch', got {params.g_norm!r}")
         if params.init not in ("glorot", "he", "he_critic"):
             raise ValueError(f"model.params.init must be 'glorot' (the paper), 'he' or 'he_critic', got {params.init!r}")
         self.params, self.loss, self.rt = params, loss, runtime
@@ -311,7 +330,8 @@ class Mp3Net(Model):
         if len(rep_shape) != 3:
             raise ValueError(f"mp3net needs a representation with items (channels, blocks, bins), got shape "
                              f"{rep_shape}; use representation mdct or mdct_psy (or raw with block_size)")
-        self.generator = Generator(geo, params.latent_dim, params.base_channels, params.max_channels)
+        self.generator = Generator(geo, params.latent_dim, params.base_channels, params.max_channels,
+                                   params.g_norm == "batch")
         if self.generator.output_shape != rep_shape:
             c, n, k = rep_shape
             raise ValueError(f"mp3net generates items of shape (channels, blocks, bins) = "

@@ -231,6 +231,26 @@ def test_critic_width_can_differ_from_the_generators():
     assert count(wide.critic) > count(m.critic)
 
 
+def test_g_norm_batch_normalises_every_generator_activation_and_samples_with_running_statistics():
+    plain, normed = build(), build(g_norm="batch")
+    bns = [m for m in normed.generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    # one before the dense layer's activation and six per block (higher and lower paths, merge), each 2 x width
+    convs_before_activation = 1 + 6 * len(normed.generator.blocks)
+    assert len(bns) == convs_before_activation and not any(isinstance(m, torch.nn.BatchNorm2d)
+                                                           for m in plain.generator.modules())
+    assert count(normed.generator) == count(plain.generator) + sum(2 * b.num_features for b in bns)
+    assert count(normed.critic) == count(plain.critic)
+    torch.manual_seed(0)
+    batch = torch.rand(4, 2, 128, 16) * 0.6 - 0.3
+    for step in range(2):
+        out = normed.train_step(batch, step)
+        assert all(torch.isfinite(v).all() for v in out.values())
+    assert all(b.num_batches_tracked > 0 for b in bns)  # statistics gathered in training ...
+    torch.manual_seed(1)
+    one = normed.sample(1)  # ... and used in eval mode, so one item can be sampled alone
+    assert one.shape == (1, 2, 128, 16) and torch.isfinite(one).all() and normed.generator.training
+
+
 def test_representation_shape_mismatch_names_the_params():
     with pytest.raises(ValueError, match=r"model.params channels: 2, blocks: 256, bins: 16"):
         build(shape=(2, 256, 16))
@@ -247,6 +267,7 @@ def test_representation_shape_mismatch_names_the_params():
     (dict(n_critic=0), "n_critic"),
     (dict(init="kaiming"), "init must be 'glorot'"),
     (dict(critic_base_channels=0), "critic_base_channels must be >= 1"),
+    (dict(g_norm="layer"), "g_norm must be 'none' \\(the paper\\) or 'batch'"),
 ])
 def test_bad_params_name_the_fix(params, match):
     with pytest.raises(ValueError, match=match):
