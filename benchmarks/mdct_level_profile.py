@@ -12,7 +12,8 @@ initialised after seeding with the run's seed (the runner's own step-0 weights a
 bit-identical to them). "real+noise" is what the critic sees of real clips: the representation's
 ``critic_view`` adds noise (``mdct_psy``: Gaussian, threshold / 6, spec §2.7), and a generator below that curve
 is below what its critic can tell from real data. Numbers are means over ``--n`` items of 20 log10(mean |X|)
-with X the generator's MDCT output (B, C, N, K).
+with X the generator's MDCT output (B, C, N, K). The last column is the ``shared_energy`` metric of the same items:
+the share of their energy that is common to all of them (real clips ~0 %, one fixed clip 100 %).
 """
 
 from __future__ import annotations
@@ -27,10 +28,17 @@ from framework import checkpoint
 from framework.build import _construct, build_dataset
 from framework.generate import load_model
 from framework.runner import seed_everything
+from plugins.metrics.basic import SharedEnergy
 
 
 def level_db(X: torch.Tensor) -> torch.Tensor:  # (B, C, N, K) -> (K,) dB of the mean magnitude per bin
     return 20 * torch.log10(X.abs().mean(dim=(0, 1, 2)).clamp_min(1e-12))
+
+
+def shared_pct(X: torch.Tensor) -> float:  # (B, ...) -> % of the items' energy common to all of them
+    metric = SharedEnergy(SharedEnergy.Params())
+    metric.update(X, X)
+    return metric.compute()["shared_energy_fake_pct"]
 
 
 def main() -> None:
@@ -51,27 +59,33 @@ def main() -> None:
     step = max(len(ds) // args.n, 1)
     real = torch.stack([torch.as_tensor(ds[i * step]) for i in range(args.n)])  # (n, C, T)
     torch.manual_seed(0)
-    curves = {"real": level_db(rep.encode(real)), "real+noise": level_db(rep.critic_view(rep.encode(real)))}
+    X = rep.encode(real)
+    curves = {"real": level_db(X), "real+noise": level_db(rep.critic_view(X))}
+    shared = {"real": shared_pct(X)}
 
     seed_everything(spec.seed)
     loss = _construct(spec.loss, "loss", weights=spec.loss.weights)
     untrained = _construct(spec.model, "model", representation=rep, loss=loss, data_info=info, runtime=runtime)
     torch.manual_seed(0)
-    curves["untrained"] = level_db(untrained.sample(args.n))
+    X = untrained.sample(args.n)
+    curves["untrained"], shared["untrained"] = level_db(X), shared_pct(X)
     labels = args.labels.split(",") if args.labels else [f"step {s['step']}" for s in states]
     for label, state in zip(labels, states):
         m = load_model(state, "cpu")[0]
         torch.manual_seed(0)
-        curves[label] = level_db(m.sample(args.n))
+        X = m.sample(args.n)
+        curves[label], shared[label] = level_db(X), shared_pct(X)
 
     k = len(curves["real"])
     lo, hi = slice(0, k // 8), slice(k // 2, k)
     hz = info.sample_rate / 2 / k
     w = max(map(len, curves)) + 2
-    print(f"{'':<{w}}{'< %d Hz (dB)' % (k // 8 * hz):>16}{'> %d Hz (dB)' % (k // 2 * hz):>16}{'difference':>12}")
+    print(f"{'':<{w}}{'< %d Hz (dB)' % (k // 8 * hz):>16}{'> %d Hz (dB)' % (k // 2 * hz):>16}{'difference':>12}"
+          f"{'shared (%)':>12}")
     for name, c in curves.items():
         a, b = float(c[lo].mean()), float(c[hi].mean())
-        print(f"{name:<{w}}{a:>16.1f}{b:>16.1f}{a - b:>12.1f}")
+        common = f"{shared[name]:.1f}" if name in shared else ""
+        print(f"{name:<{w}}{a:>16.1f}{b:>16.1f}{a - b:>12.1f}{common:>12}")
     if args.out:
         import matplotlib
 
