@@ -28,17 +28,11 @@ from framework import checkpoint
 from framework.build import _construct, build_dataset
 from framework.generate import load_model
 from framework.runner import seed_everything
-from plugins.metrics.basic import SharedEnergy
+from plugins.metrics.basic import shared_energy_pct
 
 
 def level_db(X: torch.Tensor) -> torch.Tensor:  # (B, C, N, K) -> (K,) dB of the mean magnitude per bin
     return 20 * torch.log10(X.abs().mean(dim=(0, 1, 2)).clamp_min(1e-12))
-
-
-def shared_pct(X: torch.Tensor) -> float:  # (B, ...) -> % of the items' energy common to all of them
-    metric = SharedEnergy(SharedEnergy.Params())
-    metric.update(X, X)
-    return metric.compute()["shared_energy_fake_pct"]
 
 
 def main() -> None:
@@ -61,20 +55,20 @@ def main() -> None:
     torch.manual_seed(0)
     X = rep.encode(real)
     curves = {"real": level_db(X), "real+noise": level_db(rep.critic_view(X))}
-    shared = {"real": shared_pct(X)}
+    shared = {"real": shared_energy_pct(X)}
 
     seed_everything(spec.seed)
     loss = _construct(spec.loss, "loss", weights=spec.loss.weights)
     untrained = _construct(spec.model, "model", representation=rep, loss=loss, data_info=info, runtime=runtime)
     torch.manual_seed(0)
     X = untrained.sample(args.n)
-    curves["untrained"], shared["untrained"] = level_db(X), shared_pct(X)
+    curves["untrained"], shared["untrained"] = level_db(X), shared_energy_pct(X)
     labels = args.labels.split(",") if args.labels else [f"step {s['step']}" for s in states]
     for label, state in zip(labels, states):
         m = load_model(state, "cpu")[0]
         torch.manual_seed(0)
         X = m.sample(args.n)
-        curves[label], shared[label] = level_db(X), shared_pct(X)
+        curves[label], shared[label] = level_db(X), shared_energy_pct(X)
 
     k = len(curves["real"])
     lo, hi = slice(0, k // 8), slice(k // 2, k)

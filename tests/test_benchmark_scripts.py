@@ -40,6 +40,19 @@ def test_mdct_level_profile_on_a_smoke_checkpoint(smoke_checkpoint, tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+def test_shared_pattern_on_a_smoke_checkpoint_and_untrained_stages(smoke_checkpoint):
+    out = script("benchmarks/mp3net_shared_pattern.py", str(smoke_checkpoint), "--n", "4",
+                 "--stages", "blocks=128,bins=16,latent_dim=8,base_channels=2,max_channels=8,windows=2,g_norm=batch")
+    lines = out.stdout.splitlines()
+    stages = dict(item.rsplit(" ", 1) for item in lines[0].split(": ", 1)[1].split(", "))
+    assert list(stages) == ["dense", "block 1", "block 2", "block 3", "output"]  # depth 3 (16 bins)
+    values = {line[:42].strip(): float(line[42:]) for line in lines[2:]}
+    assert len(values) == 6 and all(v == v for v in values.values())
+    # shares of an energy: at most 100 %, and at least -100 / (n - 1) % for the mean inner product of n items
+    assert all(-34 < float(v) <= 100 for v in [*stages.values(), values["shared %"]])
+    assert 0 <= values["common: constant in time %"] <= values["common: periods dividing 16 blocks %"] <= 100
+
+
 def test_mdct_images_on_a_smoke_checkpoint(smoke_checkpoint, tmp_path):
     script("benchmarks/mdct_images.py", str(smoke_checkpoint), "--labels", "smoke", "--items", "2",
            "--out", str(tmp_path / "i.png"))

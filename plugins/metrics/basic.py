@@ -43,21 +43,29 @@ class _Moments:
         return mean, (self.s2 / self.n - mean ** 2).clamp_min(0).sqrt()
 
 
-class Moments(Metric):
+class _RealFake(Metric):
+    """A metric without params that streams real and generated items into one accumulator each."""
+
+    accumulator: type  # with add(x: Tensor (B, ...)) and n (items or values seen)
+
     @dataclasses.dataclass(frozen=True)
     class Params:
         pass
 
-    def __init__(self, params: "Moments.Params", **injected):
+    def __init__(self, params: "_RealFake.Params", **injected):
         self.params = params
         self.reset()
 
     def reset(self) -> None:
-        self.real, self.fake = _Moments(), _Moments()
+        self.real, self.fake = self.accumulator(), self.accumulator()
 
-    def update(self, real: Tensor, fake: Tensor) -> None:
+    def update(self, real: Tensor, fake: Tensor) -> None:  # (B, ...) each
         self.real.add(real)
         self.fake.add(fake)
+
+
+class Moments(_RealFake):
+    accumulator = _Moments
 
     def compute(self) -> dict[str, float]:
         if not self.real.n or not self.fake.n:
@@ -84,21 +92,15 @@ class _SharedEnergy:
         return 100.0 * (float((self.sum * self.sum).sum()) - self.energy) / ((self.n - 1) * self.energy)
 
 
-class SharedEnergy(Metric):
-    @dataclasses.dataclass(frozen=True)
-    class Params:
-        pass
+def shared_energy_pct(x: Tensor) -> float:
+    """``shared_energy`` of one batch (B >= 2, ...): % of the items' energy common to all of them."""
+    acc = _SharedEnergy()
+    acc.add(x)
+    return acc.percent()
 
-    def __init__(self, params: "SharedEnergy.Params", **injected):
-        self.params = params
-        self.reset()
 
-    def reset(self) -> None:
-        self.real, self.fake = _SharedEnergy(), _SharedEnergy()
-
-    def update(self, real: Tensor, fake: Tensor) -> None:  # (B, ...) each
-        self.real.add(real)
-        self.fake.add(fake)
+class SharedEnergy(_RealFake):
+    accumulator = _SharedEnergy
 
     def compute(self) -> dict[str, float]:
         if self.real.n < 2 or self.fake.n < 2:
