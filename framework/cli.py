@@ -174,7 +174,8 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="quality vs energy table and Pareto plot across an experiment's runs")
     rp.add_argument("experiment", help="MLflow experiment name (the spec's experiment:)")
-    rp.add_argument("--metric", default="eval/moments/std_diff", help="quality metric key, e.g. eval/fid_mnist")
+    rp.add_argument("--metric", help="quality metric key, e.g. eval/fid_mnist (default: chosen from the runs' "
+                                     "metrics, preferring FID / Frechet distances; the report says which)")
     rp.add_argument("--better", choices=("higher", "lower"), help="direction of the metric (default: guessed)")
     rp.add_argument("--out", help="output folder (default outputs/report/EXPERIMENT)")
     rp.add_argument("--tracking-uri")

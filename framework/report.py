@@ -1,16 +1,28 @@
 """``python -m framework report EXPERIMENT``: quality against energy across the runs of one experiment.
 
-Reads the experiment's training runs from MLflow (sweep parents and earlier reports are left out) and writes:
+Reads the experiment's training runs from MLflow (sweep parents and reports are left out) and writes:
 
-* ``report.md`` / ``report.csv``: run name, the params that differ between runs, the final quality metric and
-  the other final ``eval/*`` metrics, wall time, steps, energy (kWh), CO2e (kg), J per generated sample;
+* ``report.md`` / ``report.csv``: run name and id, status, whether the run is on the Pareto front, the params
+  that differ between runs, the final quality metric and the other final ``eval/*`` metrics, wall time,
+  steps, energy (kWh), CO2e (kg), J per generated sample;
 * ``pareto.png``: the quality metric against energy with the Pareto front marked (Douwes et al. 2021: a model
   is judged by quality and energy together; a run is on the front when no other run is at least as good in
-  both and strictly better in one). Where energy was not measured (CPU runs), the x axis falls back to wall
-  time and the plot and table say so;
-* ``curves.png``: the learning curve of the quality metric per run;
+  both and strictly better in one). Only FINISHED runs can be on the front; FAILED, KILLED or still RUNNING
+  runs are drawn as crosses labelled with their status. Where energy was not measured (CPU runs), the x axis
+  falls back to wall time and the plot and table say so;
+* ``curves.png``: the learning curve of the quality metric per run.
 
-and logs them as artifacts of a summary run tagged ``framework.kind=report``.
+Everything is keyed by run id, never by name: runs of one spec may share a name (older runs, or names cut
+short), and a label adds the short id wherever names collide. The quality metric is ``--metric`` (an error
+lists the metrics the runs have, with a close match) or, by default, the first metric of
+:data:`PREFERRED_METRICS` that a run of the experiment has, else its first ``eval/*`` metric in alphabetical
+order. Wall time is the run's ``perf/run_s`` (seconds actually spent running, summed over resumed sessions;
+see :mod:`framework.runner`); runs logged before that metric existed fall back to end minus start time,
+which counts any downtime before a resume, and the table marks them.
+
+The outputs are logged as artifacts of a run in the separate experiment ``<EXPERIMENT>/reports`` (one run
+per call, named ``report:<metric>``), so reports never mix with the training runs in MLflow's run list,
+charts and comparisons, and earlier reports stay available.
 """
 
 from __future__ import annotations
@@ -20,9 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from framework import artifacts
-from framework.errors import FrameworkError
+from framework.errors import FrameworkError, did_you_mean
 
-SKIP_KINDS = ("sweep", "report")
+SKIP_KINDS = ("sweep", "report")  # reports made before they got their own experiment lived among the runs
+# quality metrics in order of preference for the default: distances to the real data first, then scores
+PREFERRED_METRICS = ("eval/fid_mnist", "eval/frechet_mdct", "eval/is_mnist", "eval/moments/std_diff")
+ACTIVE_TIME = "perf/run_s"
 
 
 @dataclass
@@ -33,11 +48,17 @@ class RunRow:
     params: dict[str, str]
     metrics: dict[str, float]
     wall_s: float | None
+    wall_from: str  # ACTIVE_TIME, or "end-start" for runs that did not log it
     quality: float | None = None
     energy_kwh: float | None = None
     co2e_kg: float | None = None
     j_per_sample: float | None = None
     differing: dict[str, str] = field(default_factory=dict)
+    front: str = "n/a"  # "yes", "no", or why the run is not a candidate
+
+    @property
+    def short_id(self) -> str:
+        return self.run_id[:8]
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
@@ -60,7 +81,20 @@ def _energy(metrics: dict[str, float]) -> float | None:
     return sum(parts) if parts else None
 
 
-def collect(experiment: str, metric: str, uri: str | None = None) -> list[RunRow]:
+def _row(r) -> RunRow:
+    m = dict(r.data.metrics)
+    wall, wall_from = m.get(ACTIVE_TIME), ACTIVE_TIME
+    if wall is None:
+        wall_from = "end-start"
+        wall = (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time and r.info.start_time else None
+    gen_j, n_gen = m.get("energy/generation_gpu_j"), m.get("perf/generated_items")
+    return RunRow(run_id=r.info.run_id, name=r.info.run_name or r.info.run_id[:8], status=r.info.status,
+                  params=dict(r.data.params), metrics=m, wall_s=wall, wall_from=wall_from, energy_kwh=_energy(m),
+                  co2e_kg=m.get("energy/co2e_kg"), j_per_sample=gen_j / n_gen if gen_j is not None and n_gen else None)
+
+
+def collect(experiment: str, uri: str | None = None) -> list[RunRow]:
+    """The experiment's training runs, sorted by name then id, with the params that differ between them."""
     import mlflow
 
     from framework.tracking import tracking_uri
@@ -70,22 +104,56 @@ def collect(experiment: str, metric: str, uri: str | None = None) -> list[RunRow
     if exp is None:
         names = ", ".join(e.name for e in client.search_experiments()) or "(none)"
         raise FrameworkError(f"no MLflow experiment '{experiment}' in {tracking_uri(uri)}; experiments: {names}")
-    rows = []
-    for r in client.search_runs([exp.experiment_id], max_results=5000):
-        if r.data.tags.get("framework.kind") in SKIP_KINDS:
-            continue
-        m = dict(r.data.metrics)
-        wall = (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time and r.info.start_time else None
-        gen_j = m.get("energy/generation_gpu_j")
-        n_gen = m.get("perf/generated_items")
-        rows.append(RunRow(
-            run_id=r.info.run_id, name=r.info.run_name or r.info.run_id[:8], status=r.info.status,
-            params=dict(r.data.params), metrics=m, wall_s=wall, quality=m.get(metric), energy_kwh=_energy(m),
-            co2e_kg=m.get("energy/co2e_kg"), j_per_sample=gen_j / n_gen if gen_j is not None and n_gen else None))
+    rows = [_row(r) for r in client.search_runs([exp.experiment_id], max_results=5000)
+            if r.data.tags.get("framework.kind") not in SKIP_KINDS]
     diff = differing_params(rows)
     for row in rows:
         row.differing = {k: row.params.get(k, "-") for k in diff}
-    return sorted(rows, key=lambda r: r.name)
+    return sorted(rows, key=lambda r: (r.name, r.run_id))
+
+
+def choose_metric(rows: list[RunRow], requested: str | None, experiment: str) -> tuple[str, str]:
+    """The quality metric and how it was chosen; FrameworkError naming the metrics the runs do have."""
+    have = sorted({k for r in rows for k in r.metrics})
+    evals = [k for k in have if k.startswith("eval/")]
+    if requested is not None:
+        if requested in have:
+            return requested, "--metric"
+        listed = ", ".join(evals or have[:30]) or "(none)"
+        raise FrameworkError(
+            f"report {experiment}: --metric {requested}: no run of the experiment logged it"
+            f"{did_you_mean(requested, have)}; its runs have {'eval metrics' if evals else 'metrics'}: {listed}")
+    for key in PREFERRED_METRICS:
+        if key in have:
+            return key, f"the first of {', '.join(PREFERRED_METRICS)} that the runs have"
+    if evals:
+        return evals[0], "the runs' first eval/* metric in alphabetical order (none of the preferred ones)"
+    raise FrameworkError(f"report {experiment}: no run of the experiment has an eval/* metric (runs that ended "
+                         f"before their first evaluation?); pass --metric with one of: {', '.join(have[:30])}")
+
+
+def mark_front(rows: list[RunRow], cost_of, higher_is_better: bool) -> None:
+    """Set ``row.front``: only FINISHED runs with a quality and a cost are candidates."""
+    sign = -1 if higher_is_better else 1
+    candidates = []
+    for r in rows:
+        if r.status != "FINISHED":
+            r.front = f"n/a: {r.status}"
+        elif r.quality is None or cost_of(r) is None:
+            r.front = "n/a: not measured"
+        else:
+            candidates.append(r)
+    flags = pareto_front([(cost_of(r), sign * r.quality) for r in candidates])
+    for r, on in zip(candidates, flags):
+        r.front = "yes" if on else "no"
+
+
+def labels(rows: list[RunRow]) -> dict[str, str]:
+    """run id -> the run's name, with its short id added wherever names collide."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.name] = counts.get(r.name, 0) + 1
+    return {r.run_id: r.name if counts[r.name] == 1 else f"{r.name} [{r.short_id}]" for r in rows}
 
 
 def _fmt(v) -> str:
@@ -96,26 +164,34 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def write_tables(rows: list[RunRow], metric: str, out: Path, energy_measured: bool) -> tuple[Path, Path]:
+def write_tables(rows: list[RunRow], metric: str, how: str, out: Path, energy_measured: bool) -> tuple[Path, Path]:
     diff = sorted({k for r in rows for k in r.differing})
     evals = sorted({k for r in rows for k in r.metrics if k.startswith("eval/") and k != metric})
-    header = ["run", "status", *diff, metric, *evals, "wall_s", "steps", "energy_kwh", "co2e_kg", "j_per_sample"]
-    table = []
-    for r in rows:
-        steps = r.params.get("train.steps")
-        table.append([r.name, r.status, *(r.differing.get(k, "-") for k in diff), r.quality,
-                      *(r.metrics.get(k) for k in evals), r.wall_s, steps, r.energy_kwh, r.co2e_kg, r.j_per_sample])
+    header = ["run", "run_id", "status", "pareto", *diff, metric, *evals, "wall_s", "steps", "energy_kwh",
+              "co2e_kg", "j_per_sample"]
+    table = [[r.name, r.run_id, r.status, r.front, *(r.differing.get(k, "-") for k in diff), r.quality,
+              *(r.metrics.get(k) for k in evals), r.wall_s, r.params.get("train.steps"), r.energy_kwh, r.co2e_kg,
+              r.j_per_sample] for r in rows]
     csv_path = out / "report.csv"
     with csv_path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(header)
-        w.writerows([["" if v is None else v for v in row] for row in table])
-    md = [f"# Report: {metric} against {'energy' if energy_measured else 'wall time'}", ""]
+        w.writerow([*header, "wall_from"])
+        w.writerows([["" if v is None else v for v in row] + [r.wall_from] for row, r in zip(table, rows)])
+    md = [f"# Report: {metric} against {'energy' if energy_measured else 'wall time'}", "",
+          f"Quality metric `{metric}`: {how}.", ""]
     if not energy_measured:
         md += ["**Energy was not measured for these runs** (no GPU energy counter or readable RAPL on the machine "
                "that ran them); the comparison below uses wall time instead, which is a proxy, not energy.", ""]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table]
+    for row, r in zip(table, rows):
+        cells = [_fmt(v) for v in row]
+        cells[1] = r.short_id
+        if r.wall_from != ACTIVE_TIME and r.wall_s is not None:
+            cells[header.index("wall_s")] += "*"
+        md.append("| " + " | ".join(cells) + " |")
+    if any(r.wall_from != ACTIVE_TIME and r.wall_s is not None for r in rows):
+        md += ["", f"\\* end minus start time: the run logged no `{ACTIVE_TIME}` (made before it existed), so "
+                   "any time it was down before a resume is counted."]
     md_path = out / "report.md"
     md_path.write_text("\n".join(md) + "\n")
     return md_path, csv_path
@@ -127,17 +203,19 @@ def pareto_plot(rows: list[RunRow], metric: str, higher_is_better: bool, out: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    usable = [r for r in rows if r.quality is not None and (r.energy_kwh if energy_measured else r.wall_s) is not None]
-    cost = [r.energy_kwh if energy_measured else r.wall_s for r in usable]
-    sign = -1 if higher_is_better else 1
-    front = pareto_front([(c, sign * r.quality) for c, r in zip(cost, usable)])
+    cost_of = (lambda r: r.energy_kwh) if energy_measured else (lambda r: r.wall_s)
+    shown = [r for r in rows if r.quality is not None and cost_of(r) is not None]
+    names = labels(rows)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter(cost, [r.quality for r in usable], c=["tab:red" if f else "tab:gray" for f in front])
-    for c, r in zip(cost, usable):
-        ax.annotate(r.name, (c, r.quality), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    pts = sorted((c, r.quality) for c, r, f in zip(cost, usable, front) if f)
+    for r in shown:
+        done = r.status == "FINISHED"
+        ax.scatter(cost_of(r), r.quality, marker="o" if done else "x",
+                   c="tab:red" if r.front == "yes" else "tab:gray")
+        ax.annotate(names[r.run_id] + ("" if done else f" ({r.status})"), (cost_of(r), r.quality), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    pts = sorted((cost_of(r), r.quality) for r in shown if r.front == "yes")
     if pts:
-        ax.step(*zip(*pts), where="post", color="tab:red", label="Pareto front")
+        ax.step(*zip(*pts), where="post", color="tab:red", label="Pareto front (FINISHED runs)")
         ax.legend()
     ax.set_xlabel("energy (kWh)" if energy_measured else "wall time (s) — energy not measured")
     ax.set_ylabel(f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
@@ -149,28 +227,37 @@ def pareto_plot(rows: list[RunRow], metric: str, higher_is_better: bool, out: Pa
     return path
 
 
-def report(experiment: str, metric: str, out: Path, higher_is_better: bool | None = None,
+def report(experiment: str, metric: str | None, out: Path, higher_is_better: bool | None = None,
            uri: str | None = None) -> dict[str, Path]:
+    """Write the report of ``experiment`` to ``out`` and log it to ``<experiment>/reports``; ``metric`` None
+    chooses one from the runs (see the module docstring)."""
     from framework.tracking import Tracker, metric_history
 
-    rows = collect(experiment, metric, uri)
+    rows = collect(experiment, uri)
     if not rows:
         raise FrameworkError(f"experiment '{experiment}' has no training runs to report")
+    metric, how = choose_metric(rows, metric, experiment)
+    print(f"metric: {metric} ({how})")
     if higher_is_better is None:
         higher_is_better = any(s in metric.lower() for s in ("is_", "inception", "accuracy", "tonality"))
-    out.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        r.quality = r.metrics.get(metric)
     energy_measured = any(r.energy_kwh is not None for r in rows)
-    md, csv_path = write_tables(rows, metric, out, energy_measured)
+    mark_front(rows, (lambda r: r.energy_kwh) if energy_measured else (lambda r: r.wall_s), higher_is_better)
+    out.mkdir(parents=True, exist_ok=True)
+    md, csv_path = write_tables(rows, metric, how, out, energy_measured)
     paths = {"markdown": md, "csv": csv_path, "pareto": pareto_plot(rows, metric, higher_is_better, out, energy_measured)}
-    curves = {r.name: metric_history(r.run_id, metric, uri) for r in rows}
+    names = labels(rows)
+    curves = {names[r.run_id]: metric_history(r.run_id, metric, uri) for r in rows}
     paths["curves"] = artifacts.line_plot(curves, out / "curves.png", metric, f"{experiment}: {metric}")
     tracker = Tracker(uri)
-    tracker.start(experiment, run_name=f"report:{metric}", system_metrics=False)
-    tracker.set_tags({"framework.kind": "report", "report.metric": metric, "report.runs": len(rows)})
+    tracker.start(f"{experiment}/reports", run_name=f"report:{metric}", system_metrics=False)
+    tracker.set_tags({"framework.kind": "report", "report.experiment": experiment, "report.metric": metric,
+                      "report.runs": len(rows)})
     for p in paths.values():
         tracker.log_artifact(p, "report")
     tracker.end("FINISHED")
-    missing = [r.name for r in rows if r.quality is None]
+    missing = [names[r.run_id] for r in rows if r.quality is None]
     if missing:
         print(f"note: {len(missing)} run(s) have no '{metric}': {', '.join(missing[:10])}")
     return paths

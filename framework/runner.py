@@ -9,6 +9,9 @@ Failure handling: a non-finite loss stops the run before the next checkpoint (th
 SIGINT/SIGTERM checkpoint and end the run KILLED; any other exception ends it FAILED with the traceback
 logged as an artifact. ``resume_run_id`` reopens the same MLflow run from its last checkpoint with the
 same RNG streams and data positions, so the losses that follow equal an uninterrupted run's.
+
+Time: ``perf/run_s`` is the seconds actually spent running (summed over the sessions of a resumed run via the
+checkpoint, without the downtime between them); ``report`` uses it as the run's wall time.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 
-from framework import artifacts, checkpoint
+from framework import artifacts, checkpoint, naming
 from framework.build import Components, build, build_dataset, ensure_prepared
 from framework.data import Labelled, eval_loader, train_loader
 from framework.energy import EnergyMeter
@@ -142,9 +145,18 @@ class Trainer:
         self.energy = EnergyMeter(runtime.device, spec.energy.grid_gco2_per_kwh)
         self.last_metrics: dict[str, float] = {}
         self.generated = 0  # items generated for eval and samples (energy per generated item)
+        # active time: seconds inside this process since the components were built, plus the earlier sessions'
+        # from the checkpoint; None when resuming a checkpoint that predates it (the total is then unknown)
+        self.run_s_before: float | None = 0.0
+        self._session_start = time.monotonic()
         self._eval_dataset = None
 
     # ---------------------------------------------------------------------------------- checkpoints
+    @property
+    def run_s(self) -> float | None:
+        """Seconds actually spent running so far, over every session of the run (not the downtime between)."""
+        return None if self.run_s_before is None else self.run_s_before + time.monotonic() - self._session_start
+
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / checkpoint.FILENAME
@@ -153,13 +165,15 @@ class Trainer:
         if not self.rt.is_main:
             return
         checkpoint.save(self.checkpoint_path, {
-            "step": self.step, "consumed": self.consumed, "spec": self.spec.resolved,
+            "step": self.step, "consumed": self.consumed, "spec": self.spec.resolved, "run_s": self.run_s,
             "run_id": self.tracker.run_id, "model": self.c.model.checkpoint_state(), "rng": checkpoint.rng_state(),
             "data_info": {**dataclasses.asdict(self.c.dataset.info), "tags": dict(self.c.dataset.info.tags)}})
 
     def restore(self, state: dict[str, Any]) -> None:
         self.c.model.load_checkpoint_state(state["model"])
         self.step, self.consumed = int(state["step"]), int(state["consumed"])
+        # a kill -9'd session's time after its last checkpoint is not counted: those steps run again, and count then
+        self.run_s_before = state.get("run_s")
 
     # ------------------------------------------------------------------------------------- phases
     def _data(self, dataset):
@@ -293,6 +307,8 @@ class Trainer:
                 f"data for NaN, or try precision: fp32")
         elapsed = time.perf_counter() - t0
         logged["perf/steps_per_s"] = count / elapsed if elapsed > 0 else float("nan")
+        if self.run_s is not None:
+            logged["perf/run_s"] = self.run_s
         self.tracker.log_metrics(logged, self.step)
         self.last_metrics.update(logged)
         return logged
@@ -380,7 +396,7 @@ def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str 
     if resume_run_id:
         state = checkpoint.load(find_checkpoint(resume_run_id, tracker.uri))
         _check_resume_spec(spec, state["spec"])
-    run_id = tracker.start(spec.experiment, run_name=run_name or Path(spec.path).stem, run_id=resume_run_id,
+    run_id = tracker.start(spec.experiment, run_name=run_name or naming.run_name(spec), run_id=resume_run_id,
                            system_metrics=spec.tracking.system_metrics, parent_run_id=parent_run_id)
     if runtime.world_size > 1:  # every rank files its checkpoint under rank 0's run id
         ids = [run_id]
@@ -403,6 +419,8 @@ def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str 
         if trainer is not None:
             trainer.energy.switch(None)
             energy = trainer.energy.metrics() | {"perf/generated_items": float(trainer.generated)}
+            if trainer.run_s is not None:
+                energy["perf/run_s"] = trainer.run_s
             tracker.log_metrics(energy, trainer.step)
             trainer.last_metrics.update(energy)
             if status == "FINISHED" and spec.tracking.log_checkpoint and trainer.checkpoint_path.is_file():

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
+from framework import naming
 from framework.errors import FrameworkError, SpecError
 from framework.spec import Spec, load_spec, resolve, spec_hash
 
@@ -24,7 +25,8 @@ from framework.spec import Spec, load_spec, resolve, spec_hash
 class Variant:
     sets: list[str]  # the --set items that make this variant
     spec: Spec
-    label: str
+    label: str  # the grid values, as the sweep's log and results say them
+    name: str  # the child run's MLflow name (framework/naming.py)
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -67,7 +69,8 @@ def expand(path: str, registries, sets: list[str], grid_items: list[str], smoke:
             spec = load_spec(path, registries, sets=list(sets) + extra, smoke=smoke)
         except SpecError as exc:
             raise SpecError(f"sweep variant {', '.join(extra)}: {exc}") from None
-        variants.append(Variant(extra, spec, ", ".join(f"{k}={_dump(v)}" for k, v in zip(keys, combo))))
+        variants.append(Variant(extra, spec, ", ".join(f"{k}={_dump(v)}" for k, v in zip(keys, combo)),
+                                naming.variant_name(spec, dict(zip(keys, combo)))))
     return variants, spec_hash({"base": base, "grid": grid})
 
 
@@ -94,7 +97,7 @@ def run_sweep(path: str, registries, *, sets: list[str], grid_items: list[str], 
         log(f"[{i}/{len(variants)}] {v.label}")
         try:
             result = run(v.spec, registries, tracking_uri=tracking_uri, device=device, parent_run_id=parent,
-                         run_name=v.label, log=log)
+                         run_name=v.name, log=log)
             results[v.label] = result.status
         except (FrameworkError, RuntimeError, ValueError) as exc:
             log(f"[{i}/{len(variants)}] {v.label}: FAILED ({exc})")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -75,11 +76,24 @@ class Tracker:
             return run_id or ""
         mlflow = self._mlflow
         if run_id is None:
-            mlflow.set_experiment(experiment)
+            exp_id = mlflow.set_experiment(experiment).experiment_id
+            run_name = self._free_name(exp_id, run_name) if run_name else None
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
                                log_system_metrics=system_metrics, parent_run_id=parent_run_id)
         self.run_id = run.info.run_id
         return self.run_id
+
+    def _free_name(self, experiment_id: str, name: str) -> str:
+        """``name``, or ``name #N`` with the first N >= 2 that no run of the experiment has: runs of one spec
+        stay distinguishable in the UI's lists and legends. (A resumed run keeps its name.)"""
+        prefix = re.match(r"[\w .=:-]*", name).group()  # the part safe inside a LIKE pattern; exact test below
+        runs = self._mlflow.MlflowClient(self.uri).search_runs(
+            [experiment_id], filter_string=f"attributes.run_name LIKE '{prefix}%'", max_results=50000)
+        taken = {r.info.run_name for r in runs}
+        n = 1
+        while (candidate := name if n == 1 else f"{name} #{n}") in taken:
+            n += 1
+        return candidate
 
     def open_parent(self, experiment: str, sweep_hash: str, name: str, tags: Mapping[str, Any]) -> str:
         """The sweep's parent run: the earlier one with the same sweep hash (set RUNNING again), or a new one."""
@@ -89,7 +103,7 @@ class Tracker:
         if found:
             client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
-        run = client.create_run(exp_id, run_name=name, tags={"framework.kind": "sweep", "sweep.sha256": sweep_hash,
+        run = client.create_run(exp_id, run_name=self._free_name(exp_id, name), tags={"framework.kind": "sweep", "sweep.sha256": sweep_hash,
                                                              **{k: str(v) for k, v in tags.items()}})
         return run.info.run_id
 

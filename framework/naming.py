@@ -1,0 +1,66 @@
+"""Run names: what a person reads in the MLflow run list, chart legends and ``report`` tables.
+
+A run is named after its spec file's stem, ``smoke`` when the smoke overlay was applied, and the keys where
+the run's resolved spec differs from the file (the ``--set`` overrides that changed something), e.g.
+``toy_synthetic smoke model.latent_dim=64 train.steps=10``. Sweep children are named after the grid values
+that make them. Names are kept short (:data:`MAX_CHARS`; what does not fit is counted as ``+N``), so they are
+labels, not identities: the run id is the identity, and :meth:`framework.tracking.Tracker.start` appends
+``#2``, ``#3`` ... when the experiment already has a run of that name. This module does not touch MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from framework.spec import Spec, flatten, resolve
+
+MAX_CHARS = 72
+UNNAMED_KEYS = ("experiment", "tracking.")  # already shown elsewhere, or not a change of the experiment
+
+
+def short_key(key: str) -> str:
+    """``model.params.latent_dim`` -> ``model.latent_dim``: the block and the field say what changed."""
+    return key.replace(".params.", ".")
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def compose(stem: str, items: list[tuple[str, Any]]) -> str:
+    """``stem k=v k=v`` with as many items as fit in :data:`MAX_CHARS`, then ``+N`` for the rest."""
+    name = stem
+    for i, (key, value) in enumerate(items):
+        part = f" {short_key(key)}={_text(value)}"
+        if len(name) + len(part) > MAX_CHARS:
+            return f"{name} +{len(items) - i}"
+        name += part
+    return name
+
+
+def overrides(spec: Spec) -> list[tuple[str, str]]:
+    """(dotted key, value) where the run's resolved spec differs from its file, in the spec's key order."""
+    if not Path(spec.path).is_file():  # a spec validated from a mapping (e.g. a checkpoint's) has no file
+        return []
+    base, _ = resolve(spec.path, (), spec.smoke)
+    base.pop("grid", None)
+    before = flatten(base)
+    return [(k, v) for k, v in flatten(spec.resolved).items()
+            if before.get(k) != v and not k.startswith(UNNAMED_KEYS)]
+
+
+def stem(spec: Spec) -> str:
+    return Path(spec.path).stem + (" smoke" if spec.smoke else "")
+
+
+def run_name(spec: Spec) -> str:
+    """The name of a single run of ``spec``."""
+    return compose(stem(spec), overrides(spec))
+
+
+def variant_name(spec: Spec, grid_values: dict[str, Any]) -> str:
+    """The name of a sweep child: the spec and the grid values that make this variant (always shown, even
+    where a value equals the file's)."""
+    return compose(stem(spec), list(grid_values.items()))
