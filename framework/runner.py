@@ -142,6 +142,7 @@ class Trainer:
         self.energy = EnergyMeter(runtime.device, spec.energy.grid_gco2_per_kwh)
         self.last_metrics: dict[str, float] = {}
         self.generated = 0  # items generated for eval and samples (energy per generated item)
+        self.saved_step: int | None = None  # the step that the checkpoint file holds (None: no file yet)
         self._eval_dataset = None
 
     # ---------------------------------------------------------------------------------- checkpoints
@@ -152,14 +153,28 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.rt.is_main:
             return
-        checkpoint.save(self.checkpoint_path, {
-            "step": self.step, "consumed": self.consumed, "spec": self.spec.resolved,
-            "run_id": self.tracker.run_id, "model": self.c.model.checkpoint_state(), "rng": checkpoint.rng_state(),
-            "data_info": {**dataclasses.asdict(self.c.dataset.info), "tags": dict(self.c.dataset.info.tags)}})
+        try:
+            checkpoint.save(self.checkpoint_path, {
+                "step": self.step, "consumed": self.consumed, "spec": self.spec.resolved,
+                "run_id": self.tracker.run_id, "model": self.c.model.checkpoint_state(),
+                "rng": checkpoint.rng_state(),
+                "data_info": {**dataclasses.asdict(self.c.dataset.info), "tags": dict(self.c.dataset.info.tags)}})
+        except checkpoint.WriteError as exc:
+            raise CheckpointError(f"{exc.reason} while writing the checkpoint of step {self.step}; "
+                                  f"{self.kept_checkpoint()}") from exc
+        self.saved_step = self.step
+
+    def kept_checkpoint(self) -> str:
+        """What a failed run leaves to resume from, in words (for the error that ends it)."""
+        if self.saved_step is None:
+            return (f"no checkpoint was written before (train.checkpoint_every={self.spec.train.checkpoint_every}), "
+                    f"so there is none to resume from")
+        return f"the checkpoint of step {self.saved_step} ({self.checkpoint_path}) is intact"
 
     def restore(self, state: dict[str, Any]) -> None:
         self.c.model.load_checkpoint_state(state["model"])
         self.step, self.consumed = int(state["step"]), int(state["consumed"])
+        self.saved_step = self.step
 
     # ------------------------------------------------------------------------------------- phases
     def _data(self, dataset):
@@ -289,8 +304,8 @@ class Trainer:
         if bad:
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step}: {', '.join(f'{k}={logged[k]}' for k in bad)}; the run stops "
-                f"and the last good checkpoint ({self.checkpoint_path}) is kept. Lower the learning rate, check the "
-                f"data for NaN, or try precision: fp32")
+                f"and {self.kept_checkpoint()}. Lower the learning rate, check the data for NaN, or try "
+                f"precision: fp32")
         elapsed = time.perf_counter() - t0
         logged["perf/steps_per_s"] = count / elapsed if elapsed > 0 else float("nan")
         self.tracker.log_metrics(logged, self.step)

@@ -1,5 +1,5 @@
 """The runner end to end on CPU: MLflow records, resume after kill -9 with identical losses, SIGTERM,
-NaN losses and exceptions, atomic code-free checkpoints."""
+NaN losses (and the checkpoint they leave), exceptions, a full disk while checkpointing, atomic code-free checkpoints."""
 
 import os
 import signal
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from framework import checkpoint, hookimpl
-from framework.errors import FrameworkError, NonFiniteLossError
+from framework.errors import CheckpointError, FrameworkError, NonFiniteLossError
 from framework.plugin_manager import collect_registries, make_plugin_manager
 from framework.runner import run, runs_dir
 from framework.spec import load_spec
@@ -192,13 +192,81 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(registries):
         "model.name=nan_gan", "train.steps=10", "train.log_every=1", "train.checkpoint_every=4",
         "tracking.system_metrics=false"])
     before = set(runs_dir().glob("*"))
-    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 6: train/d/loss=nan"):
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 6: train/d/loss=nan") as err:
         run(spec, registries, log=lambda m: None)
     (run_dir,) = set(runs_dir().glob("*")) - before
+    assert f"the checkpoint of step 4 ({run_dir / 'checkpoint.pt'}) is intact" in str(err.value)
     state = checkpoint.load(run_dir / "checkpoint.pt")
     assert state["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"]["modules"].values())
     assert client().get_run(run_dir.name).info.status == "FAILED"
+
+
+def test_nan_before_the_first_checkpoint_says_there_is_none(registries):
+    spec = load_spec(SPEC, registries, smoke=True, sets=[
+        "model.name=nan_gan", "train.steps=10", "train.log_every=1", "train.checkpoint_every=8",
+        "tracking.system_metrics=false"])
+    before = set(runs_dir().glob("*"))
+    with pytest.raises(NonFiniteLossError, match=r"no checkpoint was written before \(train.checkpoint_every=8\), "
+                                                 r"so there is none to resume from"):
+        run(spec, registries, log=lambda m: None)
+    (run_dir,) = set(runs_dir().glob("*")) - before
+    assert not (run_dir / "checkpoint.pt").exists()
+
+
+# the RuntimeError that torch.save raises when the disk fills up under its zip writer
+SHORT_WRITE = "[enforce fail at inline_container.cc:672] . unexpected pos 14336 vs 14228"
+
+
+def _failing_save(monkeypatch, error, fail_from_call):
+    """torch.save as the checkpoint module calls it: real for the first calls, then it writes a part of the
+    file and raises ``error``, as a full disk does."""
+    real, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) < fail_from_call:
+            return real(obj, f, *args, **kwargs)
+        f.write(b"PK\x03\x04 partial")
+        raise error
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+
+
+@pytest.mark.parametrize("error", [RuntimeError(SHORT_WRITE), OSError(28, "No space left on device")],
+                         ids=["zip-writer", "ENOSPC"])
+def test_full_disk_during_a_checkpoint_is_a_clear_error_and_keeps_the_previous_one(registries, monkeypatch, error):
+    spec = load_spec(SPEC, registries, smoke=True, sets=["train.steps=6", "train.checkpoint_every=2",
+                                                         "train.eval_every=0", "tracking.system_metrics=false"])
+    _failing_save(monkeypatch, error, fail_from_call=2)  # the checkpoint of step 2 is written, step 4's fails
+    before = set(runs_dir().glob("*"))
+    with pytest.raises(CheckpointError) as err:
+        run(spec, registries, log=lambda m: None)
+    (run_dir,) = set(runs_dir().glob("*")) - before
+    message = str(err.value)
+    assert message.startswith("no space left on /") and "MiB free" in message
+    assert message.endswith(f"while writing the checkpoint of step 4; the checkpoint of step 2 "
+                            f"({run_dir / 'checkpoint.pt'}) is intact")
+    monkeypatch.undo()
+    assert checkpoint.load(run_dir / "checkpoint.pt")["step"] == 2
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")) == []  # no partial file left
+    assert client().get_run(run_dir.name).info.status == "FAILED"
+
+
+def test_full_disk_at_the_first_checkpoint_says_there_is_none(registries, monkeypatch):
+    spec = load_spec(SPEC, registries, smoke=True, sets=["tracking.system_metrics=false"])
+    _failing_save(monkeypatch, OSError(28, "No space left on device"), fail_from_call=1)
+    with pytest.raises(CheckpointError, match="while writing the checkpoint of step 3; no checkpoint was written "
+                                              "before"):
+        run(spec, registries, log=lambda m: None)
+
+
+def test_other_write_failures_name_the_cause(tmp_path, monkeypatch):
+    _failing_save(monkeypatch, OSError(13, "Permission denied"), fail_from_call=1)
+    with pytest.raises(checkpoint.WriteError, match=r"PermissionError: \[Errno 13\] Permission denied while "
+                                                    r"writing "):
+        checkpoint.save(tmp_path / "c.pt", {"step": 1})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_exception_ends_failed_with_traceback_artifact(registries):
