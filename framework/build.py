@@ -41,10 +41,18 @@ def ensure_prepared(block: PluginBlock, log=print) -> None:
         log(block.cls.prepare(block.params))
 
 
-def build_dataset(spec: Spec, split: str) -> Dataset:
-    ds = _construct(spec.dataset, "dataset", split=split)
+def build_dataset(spec: Spec, split: str, use: str = "training") -> Dataset:
+    """The dataset's ``split``; a missing or empty split is a DataError naming the dataset, the split and
+    ``use`` (what the run needs it for, e.g. "train.eval_split, for the metrics")."""
+    where = f"dataset '{spec.dataset.name}' split '{split}' ({use})"
+    hint = "" if split == "train" else (f"; or set train.eval_split to a split that has data (e.g. train), "
+                                        f"or metrics: [] to train without evaluation")
+    try:
+        ds = _construct(spec.dataset, "dataset", split=split)
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}{hint}") from exc
     if len(ds) == 0:
-        raise DataError(f"dataset '{spec.dataset.name}' split '{split}' is empty; check dataset.params")
+        raise DataError(f"{where} is empty; check dataset.params{hint}")
     return ds
 
 

@@ -189,13 +189,18 @@ class Trainer:
         x, y = batch
         return x.to(self.rt.device, non_blocking=True), {"labels": y.to(self.rt.device, non_blocking=True)}
 
+    def open_eval_data(self) -> None:
+        """Build the split the metrics compare against now, so that a missing or empty one fails before step 0,
+        not at the first evaluation (which may come after all of training)."""
+        if self.c.metrics and self.rt.is_main:
+            self._eval_dataset = build_dataset(self.spec, self.spec.train.eval_split, "train.eval_split, for the "
+                                               "metrics")
+
     def evaluate(self) -> dict[str, float]:
         """Feed ``eval_samples`` real items and as many generated ones to every metric."""
         if not self.c.metrics or not self.rt.is_main:
             return {}
         tr = self.spec.train
-        if self._eval_dataset is None:
-            self._eval_dataset = build_dataset(self.spec, tr.eval_split)
         self.energy.switch("eval")
         for m in self.c.metrics:
             m.reset()
@@ -368,6 +373,7 @@ def _setup(spec: Spec, registries, runtime: Runtime, tracker: Tracker, run_dir: 
     comps = build(spec, runtime)
     seed_everything(spec.seed + runtime.rank)  # then a distinct random stream per rank
     trainer = Trainer(spec, comps, runtime, tracker, run_dir, log)
+    trainer.open_eval_data()
     if state is None:
         tracker.set_tags(run_tags(spec, comps, runtime, registries) | trainer.energy.tags())
         tracker.log_params(flatten(spec.resolved))

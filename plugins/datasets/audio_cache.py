@@ -308,8 +308,10 @@ class WindowDataset(Dataset):
                             f"{params.sample_rate}; prepare again")
         self.total = manifest["splits"][split]["samples"]
         if self.total == 0:
-            raise DataError(f"{root}: split '{split}' is empty (no piece was assigned to it); prepare more data "
-                            f"or change the split fractions")
+            skipped = manifest.get("skipped_count", 0)
+            raise DataError(f"{root}: split '{split}' is empty (no piece was assigned to it"
+                            + (f"; {skipped} file(s) were skipped, the reasons are in {root / MANIFEST}" if skipped
+                               else "") + "); prepare more data or change the split fractions")
         if params.window_samples < 1 or params.windows_per_epoch < 1:
             raise DataError("dataset.params.window_samples and windows_per_epoch must be >= 1")
         self.path, self.split, self.params = root / f"{split}.npy", split, params

@@ -280,6 +280,29 @@ def test_exception_ends_failed_with_traceback_artifact(registries):
     assert "boom at step 2" in (run_dir / "traceback.txt").read_text()
 
 
+def test_an_empty_eval_split_fails_before_step_0(registries, tmp_path):
+    """A one-file audio_folder has no validation split: the run stops before training, not after it."""
+    import numpy as np
+    import soundfile as sf
+
+    (tmp_path / "audio").mkdir()
+    sf.write(tmp_path / "audio" / "only.wav", np.full((33024, 2), 0.1), 22016)  # 1.5 s
+    spec = load_spec(SPEC, registries, smoke=True, sets=[
+        "dataset={name: audio_folder, params: {source: %s, cache: %s, window_samples: 4096, workers: 1}}"
+        % (tmp_path / "audio", tmp_path / "cache"), "tracking.system_metrics=false"])
+    assert spec.train.eval_split == "validation"
+    before = set(runs_dir().glob("*"))
+    with pytest.raises(FrameworkError) as err:
+        run(spec, registries, log=lambda m: None)
+    message = str(err.value)
+    assert message.startswith("dataset 'audio_folder' split 'validation' (train.eval_split, for the metrics): ")
+    assert f"{tmp_path / 'cache'}: split 'validation' is empty" in message
+    assert "set train.eval_split to a split that has data" in message
+    (run_dir,) = set(runs_dir().glob("*")) - before
+    assert metric_history(run_dir.name, "train/d/loss") == []  # not one step was trained
+    assert not (run_dir / "checkpoint.pt").exists()
+
+
 def test_checkpoint_write_is_atomic_and_loading_runs_no_code(tmp_path):
     path = tmp_path / "c.pt"
     checkpoint.save(path, {"step": 1, "rng": checkpoint.rng_state()})
