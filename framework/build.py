@@ -34,10 +34,11 @@ def _construct(block: PluginBlock, what: str, **injected):
 
 
 def ensure_prepared(block: PluginBlock, log=print) -> None:
-    """Prepare the dataset's data when it is missing (``python -m framework prepare`` does it explicitly)."""
+    """Prepare the dataset's data when it is missing or out of date (``Dataset.is_prepared`` is false;
+    ``python -m framework prepare`` does it explicitly)."""
     if not block.cls.is_prepared(block.params):
-        log(f"dataset '{block.name}': data not prepared yet; preparing now "
-            f"(the same as `python -m framework prepare SPEC`)")
+        log(f"dataset '{block.name}': data not prepared yet, or out of date (other params, or changed source "
+            f"files); preparing now (the same as `python -m framework prepare SPEC`)")
         log(block.cls.prepare(block.params))
 
 
