@@ -8,16 +8,19 @@ host-device synchronisation of the loop); metrics, samples and checkpoints follo
 Failure handling: a non-finite loss stops the run before the next checkpoint (the last good one stays);
 SIGINT/SIGTERM checkpoint and end the run KILLED; any other exception ends it FAILED with the traceback
 logged as an artifact. ``resume_run_id`` reopens the same MLflow run from its last checkpoint with the
-same RNG streams and data positions, so the losses that follow equal an uninterrupted run's.
+same RNG streams and data positions, so the losses that follow equal an uninterrupted run's;
+:func:`resume_spec` gives the spec such a run continues (the one stored in its checkpoint).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import platform
 import random
+import shlex
 import signal
 import subprocess
 import time
@@ -35,8 +38,8 @@ from framework.data import Labelled, eval_loader, train_loader
 from framework.energy import EnergyMeter
 from framework.errors import CheckpointError, NonFiniteLossError, SpecError
 from framework.runtime import Runtime, resolve_precision
-from framework.spec import Spec, flatten
-from framework.tracking import Tracker
+from framework.spec import Spec, apply_set, flatten, parse_set, validate
+from framework.tracking import DEFAULT_URI, Tracker
 
 
 def runs_dir() -> Path:
@@ -135,8 +138,9 @@ class Trainer:
     """State of one run in progress; :func:`run` drives it."""
 
     def __init__(self, spec: Spec, comps: Components, runtime: Runtime, tracker: Tracker, run_dir: Path,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], resume_hint: str = ""):
         self.spec, self.c, self.rt, self.tracker, self.run_dir, self.log = spec, comps, runtime, tracker, run_dir, log
+        self.resume_hint = resume_hint  # the command that continues this run (printed when a signal stops it)
         self.step = 0  # completed steps
         self.consumed = 0  # global data positions consumed (all ranks)
         self.energy = EnergyMeter(runtime.device, spec.energy.grid_gco2_per_kwh)
@@ -282,7 +286,7 @@ class Trainer:
                 if stop.signal:
                     self.save_checkpoint()
                     self.log(f"{stop.signal}: checkpoint saved at step {self.step}; run ends KILLED "
-                             f"(continue with --resume {self.tracker.run_id})")
+                             f"(continue it with: {self.resume_hint})")
                     return "KILLED"
                 if tr.eval_every and self.step % tr.eval_every == 0 and not last:
                     self._log_eval()
@@ -352,18 +356,50 @@ def find_checkpoint(run_id: str, tracker_uri: str | None) -> Path:
                               f"check the run id (python -m framework ui) and FRAMEWORK_RUNS_DIR") from None
 
 
+def _spec_changes(new: dict, stored: dict) -> list[str]:
+    """``key: stored -> new`` for every key but train.steps whose value differs between two resolved specs."""
+    a, b = flatten(new), flatten(stored)
+    keys = sorted(k for k in set(a) | set(b) if k != "train.steps" and a.get(k) != b.get(k))
+    return [f"{k}: {b.get(k, '(unset)')} -> {a.get(k, '(unset)')}" for k in keys]
+
+
 def _check_resume_spec(spec: Spec, stored: dict) -> None:
     """A resumed run continues the stored spec; only train.steps may change (to train longer)."""
-    a, b = dict(flatten(spec.resolved)), dict(flatten(stored))
-    a.pop("train.steps", None), b.pop("train.steps", None)
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    if diff:
+    changes = _spec_changes(spec.resolved, stored)
+    if changes:
         raise SpecError(f"{spec.path}: --resume: the spec differs from the one the run was started with at "
-                        f"{', '.join(diff[:8])}; resume with the original spec (only train.steps may change)")
+                        f"{'; '.join(changes[:8])}; resume with the run's stored spec (`python -m framework run "
+                        f"--resume RUN_ID`; only train.steps may change)")
+
+
+def resume_spec(run_id: str, registries, sets: list[str] = (), tracking_uri: str | None = None) -> Spec:
+    """The spec that ``run --resume RUN_ID`` continues: the resolved spec stored in the run's checkpoint, with
+    ``sets`` applied. Only ``train.steps`` may change (to train longer); a --set that repeats a stored value
+    is accepted, any other is a SpecError naming the keys and both values."""
+    path = find_checkpoint(run_id, tracking_uri)
+    stored = checkpoint.load(path)["spec"]
+    data, origins = copy.deepcopy(stored), {}
+    for item in sets:
+        apply_set(data, *parse_set(item), origins)
+    changes = _spec_changes(data, stored)
+    if changes:
+        raise SpecError(f"--resume {run_id}: a resumed run keeps the spec it was started with, but the --set "
+                        f"options change {'; '.join(changes[:8])}; only train.steps may change (e.g. --set "
+                        f"train.steps=N to train longer); start a new run to change anything else")
+    return validate(data, registries, f"run {run_id}'s stored spec ({path})", origins)
+
+
+def resume_command(run_id: str, uri: str, device: str | None) -> str:
+    """The shell command that continues ``run_id`` where it stopped, as it was started (the SIGTERM hint)."""
+    env = f"FRAMEWORK_RUNS_DIR={shlex.quote(os.environ['FRAMEWORK_RUNS_DIR'])} " \
+        if "FRAMEWORK_RUNS_DIR" in os.environ else ""
+    return (f"{env}python -m framework run --resume {run_id}"
+            + ("" if uri == DEFAULT_URI else f" --tracking-uri {shlex.quote(uri)}")
+            + (f" --device {shlex.quote(device)}" if device else ""))
 
 
 def _setup(spec: Spec, registries, runtime: Runtime, tracker: Tracker, run_dir: Path, state: dict | None,
-           log: Callable[[str], None]) -> Trainer:
+           log: Callable[[str], None], resume_hint: str) -> Trainer:
     """Prepare data, build the components, and log the run's description (or restore a checkpoint)."""
     if runtime.is_main:
         ensure_prepared(spec.dataset, log)
@@ -372,7 +408,7 @@ def _setup(spec: Spec, registries, runtime: Runtime, tracker: Tracker, run_dir: 
     seed_everything(spec.seed)  # identical initial weights on every rank
     comps = build(spec, runtime)
     seed_everything(spec.seed + runtime.rank)  # then a distinct random stream per rank
-    trainer = Trainer(spec, comps, runtime, tracker, run_dir, log)
+    trainer = Trainer(spec, comps, runtime, tracker, run_dir, log, resume_hint)
     trainer.open_eval_data()
     if state is None:
         tracker.set_tags(run_tags(spec, comps, runtime, registries) | trainer.energy.tags())
@@ -410,7 +446,8 @@ def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str 
     run_dir = runs_dir() / run_id
     status, trainer = "FAILED", None
     try:
-        trainer = _setup(spec, registries, runtime, tracker, run_dir, state, log)
+        trainer = _setup(spec, registries, runtime, tracker, run_dir, state, log,
+                         resume_command(run_id, tracker.uri, device))
         with _Stop().installed() as stop:
             status = trainer.train(stop)
     except BaseException as exc:

@@ -1,7 +1,9 @@
 """The runner end to end on CPU: MLflow records, resume after kill -9 with identical losses, SIGTERM,
-NaN losses (and the checkpoint they leave), exceptions, a full disk while checkpointing, atomic code-free checkpoints."""
+NaN losses (and the checkpoint they leave), exceptions, a full disk while checkpointing, atomic code-free
+checkpoints, resuming with the stored spec."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -174,7 +176,7 @@ def test_kill9_then_resume_continues_same_run_with_identical_losses(registries):
     assert after and all(resumed[s] == expected[s] for s in after), "resumed losses differ from uninterrupted run"
 
 
-def test_sigterm_checkpoints_and_ends_killed():
+def test_sigterm_checkpoints_ends_killed_and_prints_a_resume_command_that_works_as_is():
     runs_dir().mkdir(parents=True, exist_ok=True)
     before = set(runs_dir().glob("*"))
     proc = _popen("run", str(SPEC), *SETS, "--set", "train.steps=100000")
@@ -184,7 +186,46 @@ def test_sigterm_checkpoints_and_ends_killed():
     assert proc.returncode == 1, output
     assert "SIGTERM: checkpoint saved" in output
     assert client().get_run(ck.parent.name).info.status == "KILLED"
-    assert checkpoint.load(ck)["step"] >= 20
+    stopped = checkpoint.load(ck)["step"]
+    assert stopped >= 20
+    hint = re.search(r"continue it with: (.*)\)$", output, re.M).group(1)
+    assert f"python -m framework run --resume {ck.parent.name}" in hint and "--set" not in hint
+
+    # the hint, pasted into a shell in the same folder (no spec, no --set): resumes; stopped again by SIGTERM
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("FRAMEWORK_RUNS_DIR")  # the hint carries it
+    again = subprocess.Popen(["bash", "-c", hint], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True, env=env)
+    lines = []
+    for line in again.stdout:
+        lines.append(line)
+        if f"resuming run {ck.parent.name} from step {stopped}" in line:
+            break
+    time.sleep(0.5)
+    os.killpg(again.pid, signal.SIGTERM)
+    rest, _ = again.communicate(timeout=120)
+    assert again.returncode == 1 and "SIGTERM: checkpoint saved" in rest, "".join(lines) + rest
+    assert checkpoint.load(ck)["step"] > stopped
+    assert client().get_run(ck.parent.name).info.status == "KILLED"
+
+
+def test_resume_uses_the_stored_spec_and_allows_only_train_steps(registries, capsys):
+    from framework.cli import main
+    from framework.errors import SpecError
+    from framework.runner import resume_spec
+
+    spec = load_spec(SPEC, registries, smoke=True, sets=["model.params.hidden=16", "tracking.system_metrics=false"])
+    first = run(spec, registries, log=lambda m: None)
+    resumed = resume_spec(first.run_id, registries, ["train.steps=8", "model.params.hidden=16"])  # a repeated value
+    assert resumed.train.steps == 8 and resumed.resolved["model"] == spec.resolved["model"]
+    with pytest.raises(SpecError, match=r"--resume .*: a resumed run keeps the spec it was started with, but the "
+                                        r"--set options change model.params.lr: 0.0002 -> 0.1; only train.steps"):
+        resume_spec(first.run_id, registries, ["model.params.lr=0.1"])
+    assert main(["run", "--resume", first.run_id, "--set", "train.steps=8"]) == 0  # no spec, no original --sets
+    assert f"run {first.run_id}: FINISHED after 8 steps" in capsys.readouterr().out
+    assert checkpoint.load(first.run_dir / "checkpoint.pt")["step"] == 8
+    assert main(["run", str(SPEC), "--resume", first.run_id]) == 0  # the spec file without the --sets: accepted
+    assert "is not read again" in capsys.readouterr().out
 
 
 def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(registries):
