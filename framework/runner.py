@@ -36,10 +36,10 @@ from framework import artifacts, checkpoint
 from framework.build import Components, build, build_dataset, ensure_prepared
 from framework.data import Labelled, eval_loader, train_loader
 from framework.energy import EnergyMeter
-from framework.errors import CheckpointError, NonFiniteLossError, SpecError
+from framework.errors import CheckpointError, NonFiniteLossError, SpecError, TrackingError
 from framework.runtime import Runtime, resolve_precision
 from framework.spec import Spec, apply_set, flatten, parse_set, validate
-from framework.tracking import DEFAULT_URI, Tracker
+from framework.tracking import DEFAULT_URI, Tracker, require_store
 
 
 def runs_dir() -> Path:
@@ -343,17 +343,22 @@ def _init_distributed(runtime: Runtime) -> None:
 
 
 def find_checkpoint(run_id: str, tracker_uri: str | None) -> Path:
-    """The local checkpoint of ``run_id``, else the one logged as an artifact of that run."""
+    """The local checkpoint of ``run_id``, else the one logged as an artifact of that run (read from an existing
+    store only: a missing one is named, never created)."""
     local = runs_dir() / run_id / checkpoint.FILENAME
     if local.is_file():
         return local
-    from framework.tracking import download_artifact
+    from framework.tracking import download_artifact, tracking_uri
 
     try:
         return download_artifact(run_id, f"checkpoints/{checkpoint.FILENAME}", runs_dir() / run_id, tracker_uri)
+    except TrackingError as exc:
+        raise CheckpointError(f"run {run_id}: no checkpoint at {local}, and {exc} (FRAMEWORK_RUNS_DIR moves "
+                              f"runs/)") from None
     except CheckpointError:
-        raise CheckpointError(f"run {run_id}: no checkpoint at {local} and none logged to MLflow; "
-                              f"check the run id (python -m framework ui) and FRAMEWORK_RUNS_DIR") from None
+        raise CheckpointError(f"run {run_id}: no checkpoint at {local} and none logged to the run in the tracking "
+                              f"store {tracking_uri(tracker_uri)}; check the run id (python -m framework ui), "
+                              f"--tracking-uri / MLFLOW_TRACKING_URI and FRAMEWORK_RUNS_DIR") from None
 
 
 def _spec_changes(new: dict, stored: dict) -> list[str]:
@@ -431,6 +436,8 @@ def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str 
     runtime = make_runtime(spec, device)
     _init_distributed(runtime)
     log = log if runtime.is_main else (lambda msg: None)
+    if resume_run_id:
+        require_store(tracking_uri)  # the run's store must exist; checking a new one would create it
     tracker = Tracker(tracking_uri, enabled=runtime.is_main)
     tracker.check()
     state = None

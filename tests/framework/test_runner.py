@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from framework import checkpoint, hookimpl
-from framework.errors import CheckpointError, FrameworkError, NonFiniteLossError
+from framework.errors import CheckpointError, FrameworkError, NonFiniteLossError, TrackingError
 from framework.plugin_manager import collect_registries, make_plugin_manager
 from framework.runner import run, runs_dir
 from framework.spec import load_spec
@@ -389,3 +389,27 @@ def test_generate_from_run_writes_files(registries, tmp_path):
     with pytest.raises(FrameworkError, match="unconditional"):  # --label of a model without classes
         generate(run_id=None, checkpoint_path=str(result.run_dir / "checkpoint.pt"), n=1, seconds=None,
                  truncation=None, out=tmp_path, device="cpu", batch=1, tracking_uri=None, label=3)
+
+
+def test_generate_and_resume_from_another_folder_name_the_store_and_create_none(registries, tmp_path, monkeypatch):
+    from framework.generate import generate
+    from framework.runner import resume_spec
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("FRAMEWORK_RUNS_DIR", str(tmp_path / "runs"))
+    want = (rf"run 0123abcd: no checkpoint at {tmp_path / 'runs'}/0123abcd/checkpoint.pt, and the tracking store "
+            rf"sqlite:///mlflow.db does not exist \(no {tmp_path}/mlflow.db\); point at the store the run was logged "
+            rf"to with --tracking-uri URI or MLFLOW_TRACKING_URI, or run from the folder that holds it")
+    with pytest.raises(CheckpointError, match=want):
+        generate(run_id="0123abcd", checkpoint_path=None, n=1, seconds=None, truncation=None, out=tmp_path / "o",
+                 device="cpu", batch=1, tracking_uri=None)
+    with pytest.raises(CheckpointError, match=want):
+        resume_spec("0123abcd", registries)
+    with pytest.raises(CheckpointError, match="the tracking store file:"):
+        generate(run_id="0123abcd", checkpoint_path=None, n=1, seconds=None, truncation=None, out=tmp_path / "o",
+                 device="cpu", batch=1, tracking_uri=f"file:{tmp_path}/mlruns")
+    spec = load_spec(SPEC, registries, smoke=True)
+    with pytest.raises(TrackingError, match="the tracking store sqlite:///mlflow.db does not exist"):
+        run(spec, registries, resume_run_id="0123abcd", log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no mlflow.db, no mlruns/, no runs/
