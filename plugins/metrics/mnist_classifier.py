@@ -12,8 +12,9 @@ hidden layer) is trained once by a fixed recipe (:data:`RECIPE`, seed included) 
 training split and cached as ``<root>/lenet.pt`` with a JSON sidecar ``<root>/lenet.pt.json`` (sha256 of the
 weights, the recipe, its test accuracy). ``root`` is the metric's ``params.root``; left empty (the default) it
 follows the run's dataset when that is ``mnist`` (its ``dataset.params.root``), else ``data/mnist``. A missing
-file, a checksum mismatch or a changed recipe retrain it. The recipe lives in code, not in the spec, on purpose: the classifier defines the metrics' units, so two runs
-are comparable only when they use the same one (as FID's Inception weights are fixed).
+file, a checksum mismatch or a changed recipe retrain it. The recipe lives in code, not in the spec, on purpose:
+the classifier defines the metrics' units, so two runs are comparable only when they use the same one (as FID's
+Inception weights are fixed).
 
 Both metrics are streaming: ``update`` accumulates float64 feature sums (FID) or softmax rows (IS); numbers of
 different classifiers (other recipe, other training device) are not comparable with each other.
