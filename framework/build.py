@@ -34,17 +34,26 @@ def _construct(block: PluginBlock, what: str, **injected):
 
 
 def ensure_prepared(block: PluginBlock, log=print) -> None:
-    """Prepare the dataset's data when it is missing (``python -m framework prepare`` does it explicitly)."""
+    """Prepare the dataset's data when it is missing or out of date (``Dataset.is_prepared`` is false;
+    ``python -m framework prepare`` does it explicitly)."""
     if not block.cls.is_prepared(block.params):
-        log(f"dataset '{block.name}': data not prepared yet; preparing now "
-            f"(the same as `python -m framework prepare SPEC`)")
+        log(f"dataset '{block.name}': data not prepared yet, or out of date (other params, or changed source "
+            f"files); preparing now (the same as `python -m framework prepare SPEC`)")
         log(block.cls.prepare(block.params))
 
 
-def build_dataset(spec: Spec, split: str) -> Dataset:
-    ds = _construct(spec.dataset, "dataset", split=split)
+def build_dataset(spec: Spec, split: str, use: str = "training") -> Dataset:
+    """The dataset's ``split``; a missing or empty split is a DataError naming the dataset, the split and
+    ``use`` (what the run needs it for, e.g. "train.eval_split, for the metrics")."""
+    where = f"dataset '{spec.dataset.name}' split '{split}' ({use})"
+    hint = "" if split == "train" else (f"; or set train.eval_split to a split that has data (e.g. train), "
+                                        f"or metrics: [] to train without evaluation")
+    try:
+        ds = _construct(spec.dataset, "dataset", split=split)
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}{hint}") from exc
     if len(ds) == 0:
-        raise DataError(f"dataset '{spec.dataset.name}' split '{split}' is empty; check dataset.params")
+        raise DataError(f"{where} is empty; check dataset.params{hint}")
     return ds
 
 

@@ -41,11 +41,30 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _run_spec(args, registries):
+    """The spec ``run`` trains: SPEC with --smoke and --set; with --resume, the one stored in the run's checkpoint
+    (SPEC, optional then, is not read again; --set may only change train.steps)."""
+    from framework.runner import resume_spec
+
+    if args.resume and args.grid:
+        raise FrameworkError("--resume applies to one run; re-run the sweep command to resume a sweep")
+    if args.resume:
+        spec = resume_spec(args.resume, registries, args.set or [], args.tracking_uri)
+        if args.spec:
+            print(f"--resume {args.resume}: continuing with the spec stored in the run's checkpoint ({args.spec} "
+                  f"is not read again; only --set train.steps=N may change it)")
+        return spec
+    if not args.spec:
+        raise FrameworkError("run: give a SPEC file (e.g. experiments/toy_synthetic.yaml), or --resume RUN_ID to "
+                             "continue a run")
+    return _load(args, registries)
+
+
 def cmd_run(args) -> int:
     from framework.runner import run
 
     registries = _registries()
-    spec = _load(args, registries)
+    spec = _run_spec(args, registries)
     if args.grid or spec.grid:
         return cmd_sweep(args, registries)
     result = run(spec, registries, tracking_uri=args.tracking_uri, device=args.device, resume_run_id=args.resume)
@@ -67,8 +86,6 @@ def cmd_run(args) -> int:
 def cmd_sweep(args, registries) -> int:
     from framework.sweep import run_sweep
 
-    if args.resume:
-        raise FrameworkError("--resume applies to one run; re-run the sweep command to resume a sweep")
     results = run_sweep(args.spec, registries, sets=args.set or [], grid_items=args.grid or [], smoke=args.smoke,
                         tracking_uri=args.tracking_uri, device=args.device)
     print("\nsweep results:")
@@ -139,16 +156,18 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m framework", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    def spec_args(sp, smoke=True):
-        sp.add_argument("spec", help="experiment YAML, e.g. experiments/mnist_dcgan.yaml")
+    def spec_args(sp, smoke=True, optional=False):
+        sp.add_argument("spec", nargs="?" if optional else None, help="experiment YAML, e.g. experiments/mnist_dcgan"
+                        ".yaml" + ("; may be left out with --resume" if optional else ""))
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a key (value parsed as YAML), applied last; repeatable")
         if smoke:
             sp.add_argument("--smoke", action="store_true", help="apply the spec's smoke: overlay (tiny, CI-sized)")
 
     r = sub.add_parser("run", help="train an experiment and log it to MLflow")
-    spec_args(r)
-    r.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint")
+    spec_args(r, optional=True)
+    r.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint, with the "
+                   "spec stored there (--set may only change train.steps)")
     r.add_argument("--grid", action="append", metavar="KEY=V1,V2",
                    help="sweep: one child run per combination of values (repeatable; cross product)")
     r.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")

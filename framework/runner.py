@@ -8,7 +8,8 @@ host-device synchronisation of the loop); metrics, samples and checkpoints follo
 Failure handling: a non-finite loss stops the run before the next checkpoint (the last good one stays);
 SIGINT/SIGTERM checkpoint and end the run KILLED; any other exception ends it FAILED with the traceback
 logged as an artifact. ``resume_run_id`` reopens the same MLflow run from its last checkpoint with the
-same RNG streams and data positions, so the losses that follow equal an uninterrupted run's.
+same RNG streams and data positions, so the losses that follow equal an uninterrupted run's;
+:func:`resume_spec` gives the spec such a run continues (the one stored in its checkpoint).
 
 Time: ``perf/run_s`` is the seconds actually spent running (summed over the sessions of a resumed run via the
 checkpoint, without the downtime between them); ``report`` uses it as the run's wall time.
@@ -17,10 +18,12 @@ checkpoint, without the downtime between them); ``report`` uses it as the run's 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import platform
 import random
+import shlex
 import signal
 import subprocess
 import time
@@ -36,10 +39,10 @@ from framework import artifacts, checkpoint, naming
 from framework.build import Components, build, build_dataset, ensure_prepared
 from framework.data import Labelled, eval_loader, train_loader
 from framework.energy import EnergyMeter
-from framework.errors import CheckpointError, NonFiniteLossError, SpecError
+from framework.errors import CheckpointError, NonFiniteLossError, SpecError, TrackingError
 from framework.runtime import Runtime, resolve_precision
-from framework.spec import Spec, flatten
-from framework.tracking import Tracker
+from framework.spec import Spec, apply_set, flatten, parse_set, validate
+from framework.tracking import DEFAULT_URI, Tracker, require_store
 
 
 def runs_dir() -> Path:
@@ -138,8 +141,9 @@ class Trainer:
     """State of one run in progress; :func:`run` drives it."""
 
     def __init__(self, spec: Spec, comps: Components, runtime: Runtime, tracker: Tracker, run_dir: Path,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], resume_hint: str = ""):
         self.spec, self.c, self.rt, self.tracker, self.run_dir, self.log = spec, comps, runtime, tracker, run_dir, log
+        self.resume_hint = resume_hint  # the command that continues this run (printed when a signal stops it)
         self.step = 0  # completed steps
         self.consumed = 0  # global data positions consumed (all ranks)
         self.energy = EnergyMeter(runtime.device, spec.energy.grid_gco2_per_kwh)
@@ -149,6 +153,7 @@ class Trainer:
         # from the checkpoint; None when resuming a checkpoint that predates it (the total is then unknown)
         self.run_s_before: float | None = 0.0
         self._session_start = time.monotonic()
+        self.saved_step: int | None = None  # the step that the checkpoint file holds (None: no file yet)
         self._eval_dataset = None
 
     # ---------------------------------------------------------------------------------- checkpoints
@@ -164,16 +169,30 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.rt.is_main:
             return
-        checkpoint.save(self.checkpoint_path, {
-            "step": self.step, "consumed": self.consumed, "spec": self.spec.resolved, "run_s": self.run_s,
-            "run_id": self.tracker.run_id, "model": self.c.model.checkpoint_state(), "rng": checkpoint.rng_state(),
-            "data_info": {**dataclasses.asdict(self.c.dataset.info), "tags": dict(self.c.dataset.info.tags)}})
+        try:
+            checkpoint.save(self.checkpoint_path, {
+                "step": self.step, "consumed": self.consumed, "spec": self.spec.resolved, "run_s": self.run_s,
+                "run_id": self.tracker.run_id, "model": self.c.model.checkpoint_state(),
+                "rng": checkpoint.rng_state(),
+                "data_info": {**dataclasses.asdict(self.c.dataset.info), "tags": dict(self.c.dataset.info.tags)}})
+        except checkpoint.WriteError as exc:
+            raise CheckpointError(f"{exc.reason} while writing the checkpoint of step {self.step}; "
+                                  f"{self.kept_checkpoint()}") from exc
+        self.saved_step = self.step
+
+    def kept_checkpoint(self) -> str:
+        """What a failed run leaves to resume from, in words (for the error that ends it)."""
+        if self.saved_step is None:
+            return (f"no checkpoint was written before (train.checkpoint_every={self.spec.train.checkpoint_every}), "
+                    f"so there is none to resume from")
+        return f"the checkpoint of step {self.saved_step} ({self.checkpoint_path}) is intact"
 
     def restore(self, state: dict[str, Any]) -> None:
         self.c.model.load_checkpoint_state(state["model"])
         self.step, self.consumed = int(state["step"]), int(state["consumed"])
         # a kill -9'd session's time after its last checkpoint is not counted: those steps run again, and count then
         self.run_s_before = state.get("run_s")
+        self.saved_step = self.step
 
     # ------------------------------------------------------------------------------------- phases
     def _data(self, dataset):
@@ -188,13 +207,18 @@ class Trainer:
         x, y = batch
         return x.to(self.rt.device, non_blocking=True), {"labels": y.to(self.rt.device, non_blocking=True)}
 
+    def open_eval_data(self) -> None:
+        """Build the split the metrics compare against now, so that a missing or empty one fails before step 0,
+        not at the first evaluation (which may come after all of training)."""
+        if self.c.metrics and self.rt.is_main:
+            self._eval_dataset = build_dataset(self.spec, self.spec.train.eval_split, "train.eval_split, for the "
+                                               "metrics")
+
     def evaluate(self) -> dict[str, float]:
         """Feed ``eval_samples`` real items and as many generated ones to every metric."""
         if not self.c.metrics or not self.rt.is_main:
             return {}
         tr = self.spec.train
-        if self._eval_dataset is None:
-            self._eval_dataset = build_dataset(self.spec, tr.eval_split)
         self.energy.switch("eval")
         for m in self.c.metrics:
             m.reset()
@@ -276,7 +300,7 @@ class Trainer:
                 if stop.signal:
                     self.save_checkpoint()
                     self.log(f"{stop.signal}: checkpoint saved at step {self.step}; run ends KILLED "
-                             f"(continue with --resume {self.tracker.run_id})")
+                             f"(continue it with: {self.resume_hint})")
                     return "KILLED"
                 if tr.eval_every and self.step % tr.eval_every == 0 and not last:
                     self._log_eval()
@@ -303,8 +327,8 @@ class Trainer:
         if bad:
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step}: {', '.join(f'{k}={logged[k]}' for k in bad)}; the run stops "
-                f"and the last good checkpoint ({self.checkpoint_path}) is kept. Lower the learning rate, check the "
-                f"data for NaN, or try precision: fp32")
+                f"and {self.kept_checkpoint()}. Lower the learning rate, check the data for NaN, or try "
+                f"precision: fp32")
         elapsed = time.perf_counter() - t0
         logged["perf/steps_per_s"] = count / elapsed if elapsed > 0 else float("nan")
         if self.run_s is not None:
@@ -335,31 +359,68 @@ def _init_distributed(runtime: Runtime) -> None:
 
 
 def find_checkpoint(run_id: str, tracker_uri: str | None) -> Path:
-    """The local checkpoint of ``run_id``, else the one logged as an artifact of that run."""
+    """The local checkpoint of ``run_id``, else the one logged as an artifact of that run (read from an existing
+    store only: a missing one is named, never created)."""
     local = runs_dir() / run_id / checkpoint.FILENAME
     if local.is_file():
         return local
-    from framework.tracking import download_artifact
+    from framework.tracking import download_artifact, tracking_uri
 
     try:
         return download_artifact(run_id, f"checkpoints/{checkpoint.FILENAME}", runs_dir() / run_id, tracker_uri)
+    except TrackingError as exc:
+        raise CheckpointError(f"run {run_id}: no checkpoint at {local}, and {exc} (FRAMEWORK_RUNS_DIR moves "
+                              f"runs/)") from None
     except CheckpointError:
-        raise CheckpointError(f"run {run_id}: no checkpoint at {local} and none logged to MLflow; "
-                              f"check the run id (python -m framework ui) and FRAMEWORK_RUNS_DIR") from None
+        raise CheckpointError(f"run {run_id}: no checkpoint at {local} and none logged to the run in the tracking "
+                              f"store {tracking_uri(tracker_uri)}; check the run id (python -m framework ui), "
+                              f"--tracking-uri / MLFLOW_TRACKING_URI and FRAMEWORK_RUNS_DIR") from None
+
+
+def _spec_changes(new: dict, stored: dict) -> list[str]:
+    """``key: stored -> new`` for every key but train.steps whose value differs between two resolved specs."""
+    a, b = flatten(new), flatten(stored)
+    keys = sorted(k for k in set(a) | set(b) if k != "train.steps" and a.get(k) != b.get(k))
+    return [f"{k}: {b.get(k, '(unset)')} -> {a.get(k, '(unset)')}" for k in keys]
 
 
 def _check_resume_spec(spec: Spec, stored: dict) -> None:
     """A resumed run continues the stored spec; only train.steps may change (to train longer)."""
-    a, b = dict(flatten(spec.resolved)), dict(flatten(stored))
-    a.pop("train.steps", None), b.pop("train.steps", None)
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    if diff:
+    changes = _spec_changes(spec.resolved, stored)
+    if changes:
         raise SpecError(f"{spec.path}: --resume: the spec differs from the one the run was started with at "
-                        f"{', '.join(diff[:8])}; resume with the original spec (only train.steps may change)")
+                        f"{'; '.join(changes[:8])}; resume with the run's stored spec (`python -m framework run "
+                        f"--resume RUN_ID`; only train.steps may change)")
+
+
+def resume_spec(run_id: str, registries, sets: list[str] = (), tracking_uri: str | None = None) -> Spec:
+    """The spec that ``run --resume RUN_ID`` continues: the resolved spec stored in the run's checkpoint, with
+    ``sets`` applied. Only ``train.steps`` may change (to train longer); a --set that repeats a stored value
+    is accepted, any other is a SpecError naming the keys and both values."""
+    path = find_checkpoint(run_id, tracking_uri)
+    stored = checkpoint.load(path)["spec"]
+    data, origins = copy.deepcopy(stored), {}
+    for item in sets:
+        apply_set(data, *parse_set(item), origins)
+    changes = _spec_changes(data, stored)
+    if changes:
+        raise SpecError(f"--resume {run_id}: a resumed run keeps the spec it was started with, but the --set "
+                        f"options change {'; '.join(changes[:8])}; only train.steps may change (e.g. --set "
+                        f"train.steps=N to train longer); start a new run to change anything else")
+    return validate(data, registries, f"run {run_id}'s stored spec ({path})", origins)
+
+
+def resume_command(run_id: str, uri: str, device: str | None) -> str:
+    """The shell command that continues ``run_id`` where it stopped, as it was started (the SIGTERM hint)."""
+    env = f"FRAMEWORK_RUNS_DIR={shlex.quote(os.environ['FRAMEWORK_RUNS_DIR'])} " \
+        if "FRAMEWORK_RUNS_DIR" in os.environ else ""
+    return (f"{env}python -m framework run --resume {run_id}"
+            + ("" if uri == DEFAULT_URI else f" --tracking-uri {shlex.quote(uri)}")
+            + (f" --device {shlex.quote(device)}" if device else ""))
 
 
 def _setup(spec: Spec, registries, runtime: Runtime, tracker: Tracker, run_dir: Path, state: dict | None,
-           log: Callable[[str], None]) -> Trainer:
+           log: Callable[[str], None], resume_hint: str) -> Trainer:
     """Prepare data, build the components, and log the run's description (or restore a checkpoint)."""
     if runtime.is_main:
         ensure_prepared(spec.dataset, log)
@@ -368,7 +429,8 @@ def _setup(spec: Spec, registries, runtime: Runtime, tracker: Tracker, run_dir: 
     seed_everything(spec.seed)  # identical initial weights on every rank
     comps = build(spec, runtime)
     seed_everything(spec.seed + runtime.rank)  # then a distinct random stream per rank
-    trainer = Trainer(spec, comps, runtime, tracker, run_dir, log)
+    trainer = Trainer(spec, comps, runtime, tracker, run_dir, log, resume_hint)
+    trainer.open_eval_data()
     if state is None:
         tracker.set_tags(run_tags(spec, comps, runtime, registries) | trainer.energy.tags())
         tracker.log_params(flatten(spec.resolved))
@@ -390,6 +452,8 @@ def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str 
     runtime = make_runtime(spec, device)
     _init_distributed(runtime)
     log = log if runtime.is_main else (lambda msg: None)
+    if resume_run_id:
+        require_store(tracking_uri)  # the run's store must exist; checking a new one would create it
     tracker = Tracker(tracking_uri, enabled=runtime.is_main)
     tracker.check()
     state = None
@@ -405,7 +469,8 @@ def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str 
     run_dir = runs_dir() / run_id
     status, trainer = "FAILED", None
     try:
-        trainer = _setup(spec, registries, runtime, tracker, run_dir, state, log)
+        trainer = _setup(spec, registries, runtime, tracker, run_dir, state, log,
+                         resume_command(run_id, tracker.uri, device))
         with _Stop().installed() as stop:
             status = trainer.train(stop)
     except BaseException as exc:

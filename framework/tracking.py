@@ -2,7 +2,9 @@
 
 Tracking URI: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's embedded sqlite store
 ``sqlite:///mlflow.db`` in the working directory (artifacts under ``./mlruns``). The store is checked
-before anything is trained, so an unreachable server costs seconds, not a GPU hour.
+before anything is trained, so an unreachable server costs seconds, not a GPU hour. Reads (a run's
+checkpoint for ``generate`` or ``--resume``) first check that a local store exists (:func:`require_store`),
+so they never create an empty one as a side effect.
 
 Under ``torchrun`` only rank 0 tracks; other ranks get a :class:`Tracker` with ``enabled=False`` whose
 methods do nothing.
@@ -152,11 +154,36 @@ class Tracker:
             self._mlflow.end_run(status=status)
 
 
+def local_store(uri: str) -> Path | None:
+    """The file (sqlite) or folder (file store) that a local tracking URI names; None for a server."""
+    from urllib.parse import urlparse
+
+    if uri.startswith("sqlite:///"):
+        name = uri[len("sqlite:///"):].split("?", 1)[0]
+        return None if name in ("", ":memory:") else Path(name)
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    return Path(uri) if parsed.scheme == "" else None
+
+
+def require_store(uri: str | None = None) -> str:
+    """The tracking URI, once a local store there is known to exist: MLflow creates an empty store on first
+    access, and a read (generate, resume) must never leave one behind. TrackingError names the store."""
+    uri = tracking_uri(uri)
+    path = local_store(uri)
+    if path is not None and not path.exists():
+        raise TrackingError(f"the tracking store {uri} does not exist (no {path.resolve()}); point at the store "
+                            f"the run was logged to with --tracking-uri URI or MLFLOW_TRACKING_URI, or run from the "
+                            f"folder that holds it")
+    return uri
+
+
 def run_info(run_id: str, uri: str | None = None) -> dict[str, Any]:
     """Experiment name, status, tags and params of a run; CheckpointError if there is no such run."""
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri(uri))
+    client = mlflow.MlflowClient(require_store(uri))
     try:
         run = client.get_run(run_id)
     except Exception as exc:
@@ -168,13 +195,17 @@ def run_info(run_id: str, uri: str | None = None) -> dict[str, Any]:
 
 
 def download_artifact(run_id: str, path: str, dst: str | Path, uri: str | None = None) -> Path:
+    """Artifact ``path`` of a run, downloaded into ``dst``; TrackingError when the store does not exist,
+    CheckpointError when the run or the artifact does not."""
     import mlflow
 
+    uri = require_store(uri)
     try:
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst),
-                                                        tracking_uri=tracking_uri(uri)))
+                                                        tracking_uri=uri))
     except Exception as exc:
-        raise CheckpointError(f"run {run_id} has no artifact '{path}' ({type(exc).__name__})") from None
+        raise CheckpointError(f"run {run_id} has no artifact '{path}' in the tracking store {uri} "
+                              f"({type(exc).__name__})") from None
 
 
 def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, float]]:

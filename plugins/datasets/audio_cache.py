@@ -13,7 +13,10 @@ Atomicity: a cache is built in a sibling ``<folder>.partial`` and renamed into p
 (manifest written last), so an interrupted preparation never leaves a cache that looks complete; a stale
 ``.partial`` is discarded by the next preparation. ``is_complete`` also checks the manifest's config
 (the params that determine the content) and every file size, so a spec that changes e.g. the sample rate
-prepares again instead of silently reading stale data.
+prepares again instead of silently reading stale data. A cache converted from a folder of files also records
+each source file's name, split, size and mtime (``source_files``): when the folder changes (files added,
+removed or rewritten) the cache is out of date, and ``run`` converts it again. Where the source folder does
+not exist (a cache copied to another machine without its source) the cache is used as it is.
 
 Windows: item ``i`` of a split is the window whose first sample is drawn from
 ``numpy.random.default_rng((seed, split, i))``: deterministic per index (a resumed run sees the same batches),
@@ -95,6 +98,26 @@ def is_complete(root: str | Path, config: dict | None = None) -> bool:
         if s["samples"] and (not f.is_file() or f.stat().st_size != s["bytes"]):
             return False
     return True
+
+
+def fingerprint(files: Sequence["SourceFile"]) -> list[list]:
+    """``[name, split, size, mtime_ns]`` per source file (size -1: missing): what a converted cache depends on."""
+    rows = []
+    for f in files:
+        try:
+            st = os.stat(f.path)
+            rows.append([f.name, f.split, st.st_size, st.st_mtime_ns])
+        except OSError:
+            rows.append([f.name, f.split, -1, 0])
+    return rows
+
+
+def describe_changes(old: list[list], new: list[list]) -> str:
+    """``"2 file(s) added, 1 file(s) changed"`` between two fingerprints; empty when they are equal."""
+    a, b = {r[0]: r[1:] for r in old}, {r[0]: r[1:] for r in new}
+    counts = {"added": len(b.keys() - a.keys()), "removed": len(a.keys() - b.keys()),
+              "changed": sum(a[k] != b[k] for k in a.keys() & b.keys())}
+    return ", ".join(f"{n} file(s) {what}" for what, n in counts.items() if n)
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -308,8 +331,10 @@ class WindowDataset(Dataset):
                             f"{params.sample_rate}; prepare again")
         self.total = manifest["splits"][split]["samples"]
         if self.total == 0:
-            raise DataError(f"{root}: split '{split}' is empty (no piece was assigned to it); prepare more data "
-                            f"or change the split fractions")
+            skipped = manifest.get("skipped_count", 0)
+            raise DataError(f"{root}: split '{split}' is empty (no piece was assigned to it"
+                            + (f"; {skipped} file(s) were skipped, the reasons are in {root / MANIFEST}" if skipped
+                               else "") + "); prepare more data or change the split fractions")
         if params.window_samples < 1 or params.windows_per_epoch < 1:
             raise DataError("dataset.params.window_samples and windows_per_epoch must be >= 1")
         self.path, self.split, self.params = root / f"{split}.npy", split, params
@@ -393,6 +418,11 @@ class FileSourceDataset(WindowDataset):
 
     def __init__(self, params: FileSourceParams, *, split: str):
         root = self.cache_dir(params)
+        change = self.source_change(params)
+        if change:
+            raise DataError(f"{root}: the prepared audio cache is out of date ({change} in {params.source} since it "
+                            f"was prepared); run `python -m framework prepare SPEC` (`python -m framework run` "
+                            f"converts it again by itself)")
         manifest = read_manifest(root) if is_complete(root) else {}
         super().__init__(root, split, params, config=self.cache_config(params), tags=cache_tags(manifest) if
                          manifest else {}, prepare_hint=f"python -m framework prepare SPEC  # converts {params.source}")
@@ -419,8 +449,20 @@ class FileSourceDataset(WindowDataset):
                 "min_seconds": params.min_seconds}
 
     @classmethod
+    def source_change(cls, params: FileSourceParams) -> str:
+        """How the source files differ from those the cache was converted from, in words; empty when they do
+        not, when there is no complete cache, or when the source folder is absent (nothing to compare)."""
+        root = cls.cache_dir(params)
+        if not is_complete(root) or not Path(params.source).is_dir():
+            return ""
+        recorded = read_manifest(root).get("source_files")
+        if recorded is None:
+            return "no file list recorded: the cache was made by an older version"
+        return describe_changes(recorded, fingerprint(cls.list_files(params)))
+
+    @classmethod
     def is_prepared(cls, params: FileSourceParams) -> bool:
-        return is_complete(cls.cache_dir(params), cls.cache_config(params))
+        return is_complete(cls.cache_dir(params), cls.cache_config(params)) and not cls.source_change(params)
 
     @classmethod
     def prepare(cls, params: FileSourceParams) -> str:
@@ -432,10 +474,12 @@ class FileSourceDataset(WindowDataset):
         if not files:
             raise DataError(f"{source}: no audio files found; {cls.cache_name} reads "
                             f"{', '.join(EXTENSIONS)} files")
-        root = cls.cache_dir(params)
+        root, change = cls.cache_dir(params), cls.source_change(params)
         m = convert_files(root, files, sample_rate=params.sample_rate, config=cls.cache_config(params),
-                          info={"source": str(source.resolve())}, mono_to_stereo=params.mono_to_stereo,
-                          min_seconds=params.min_seconds, workers=params.workers)
+                          info={"source": str(source.resolve()), "source_files": fingerprint(files)},
+                          mono_to_stereo=params.mono_to_stereo, min_seconds=params.min_seconds,
+                          workers=params.workers)
         hours = ", ".join(f"{s} {v['hours']:.3g} h" for s, v in m["splits"].items())
         return (f"{cls.cache_name}: {len(files) - m['skipped_count']} of {len(files)} files cached in {root} "
-                f"({hours}); {m['skipped_count']} skipped")
+                f"({hours}); {m['skipped_count']} skipped" + (f" (converted again: {change} since the last "
+                                                               f"preparation)" if change else ""))

@@ -219,7 +219,7 @@ class Mnist(Dataset):
     def __init__(self, params: "Mnist.Params", *, split: str):
         self.params, self.split = params, split
         self.images, self.labels = load_split(params.root, split)  # (N, 28, 28) uint8, (N,) int64
-        self.info = DataInfo(kind="image", shape=(1, 28, 28), tags={"data.source": "mnist"}, num_classes=10)
+        self.info = DataInfo(kind="image", shape=(1, 28, 28), tags={"data.source": "mnist", "data.root": params.root}, num_classes=10)
 
     def __len__(self) -> int:
         return self.images.shape[0]

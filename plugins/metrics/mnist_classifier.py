@@ -10,9 +10,11 @@ IS (Salimans et al. 2016, §4): ``exp(E_x KL(p(y|x) || p(y)))`` of the classifie
 The classifier (:class:`LeNet`: LeCun et al. 1998's two conv + pool stages, Caffe's 20/50 channels, a 128-unit
 hidden layer) is trained once by a fixed recipe (:data:`RECIPE`, seed included) on the ``mnist`` dataset's
 training split and cached as ``<root>/lenet.pt`` with a JSON sidecar ``<root>/lenet.pt.json`` (sha256 of the
-weights, the recipe, its test accuracy). A missing file, a checksum mismatch or a changed recipe retrain it.
-The recipe lives in code, not in the spec, on purpose: the classifier defines the metrics' units, so two runs
-are comparable only when they use the same one (as FID's Inception weights are fixed).
+weights, the recipe, its test accuracy). ``root`` is the metric's ``params.root``; left empty (the default) it
+follows the run's dataset when that is ``mnist`` (its ``dataset.params.root``), else ``data/mnist``. A missing
+file, a checksum mismatch or a changed recipe retrain it. The recipe lives in code, not in the spec, on purpose:
+the classifier defines the metrics' units, so two runs are comparable only when they use the same one (as FID's
+Inception weights are fixed).
 
 Both metrics are streaming: ``update`` accumulates float64 feature sums (FID) or softmax rows (IS); numbers of
 different classifiers (other recipe, other training device) are not comparable with each other.
@@ -44,6 +46,7 @@ RECIPE = {"version": 1, "arch": "lenet-20-50-128", "epochs": 3, "batch_size": 64
           "schedule": "cosine", "seed": 0}
 MIN_ACCURACY = 0.99  # a weaker classifier would give unreliable FID/IS (the task's floor: >= 99 % on test)
 FILENAME = "lenet.pt"
+DEFAULT_ROOT = "data/mnist"
 
 
 class LeNet(nn.Module):
@@ -201,6 +204,25 @@ class GaussianStats:
 
 # -------------------------------------------------------------------------------------------- metrics
 
+def classifier_root(root: str, data_info: DataInfo | None) -> str:
+    """The MNIST folder a metric reads: ``root`` when set, else the run's mnist dataset's (its ``data.root``
+    tag), else :data:`DEFAULT_ROOT`."""
+    tags = data_info.tags if data_info is not None else {}
+    return root or (tags.get("data.root", DEFAULT_ROOT) if tags.get("data.source") == "mnist" else DEFAULT_ROOT)
+
+
+def open_classifier(name: str, root: str, data_info: DataInfo | None, device: torch.device) -> LeNet:
+    """:func:`load_classifier` for metric ``name``; a missing MNIST names the key that chooses the folder."""
+    folder = classifier_root(root, data_info)
+    try:
+        return load_classifier(folder, device)
+    except DataError as exc:
+        how = "set by its params.root" if root else "empty params.root: the mnist dataset's root, else data/mnist"
+        raise DataError(f"{exc}. Metric '{name}' reads MNIST from {folder} ({how}); set its params.root "
+                        f"(metrics: [{{name: {name}, params: {{root: FOLDER}}}}]) to the folder that holds MNIST, or "
+                        f"leave it empty to follow dataset.params.root") from exc
+
+
 def _check_images(x: Tensor, name: str) -> None:
     if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
         raise DataError(f"{name}: expects (B, 1, 28, 28) images, got {tuple(x.shape)}; use an MNIST-shaped dataset")
@@ -211,13 +233,13 @@ class FidMnist(Metric):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        root: str = "data/mnist"  # MNIST folder: the classifier is cached (or trained) there
+        root: str = ""  # MNIST folder (the classifier is cached there); empty: the mnist dataset's root
 
     def __init__(self, params: "FidMnist.Params", *, representation=None, data_info: DataInfo | None = None,
                  runtime: Runtime | None = None):
         self.params = params
         self.device = runtime.device if runtime is not None else torch.device("cpu")
-        self.net = load_classifier(params.root, self.device)
+        self.net = open_classifier("fid_mnist", params.root, data_info, self.device)
         self.reset()
 
     def reset(self) -> None:
@@ -238,7 +260,7 @@ class IsMnist(Metric):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        root: str = "data/mnist"  # MNIST folder: the classifier is cached (or trained) there
+        root: str = ""  # MNIST folder (the classifier is cached there); empty: the mnist dataset's root
         splits: int = 1  # IS averaged over this many equal parts of the generated set (Salimans et al. use 10)
 
     def __init__(self, params: "IsMnist.Params", *, representation=None, data_info: DataInfo | None = None,
@@ -247,7 +269,7 @@ class IsMnist(Metric):
             raise ValueError(f"is_mnist: splits must be >= 1, got {params.splits}")
         self.params = params
         self.device = runtime.device if runtime is not None else torch.device("cpu")
-        self.net = load_classifier(params.root, self.device)
+        self.net = open_classifier("is_mnist", params.root, data_info, self.device)
         self.reset()
 
     def reset(self) -> None:

@@ -52,6 +52,8 @@ def test_missing_spec_and_bad_resume_are_clear_errors(tmp_path):
     assert out.returncode == 2 and "spec file not found" in out.stderr
     out = cli("run", str(SPEC), "--smoke", "--resume", "0123456789abcdef")
     assert out.returncode == 2 and "no checkpoint" in out.stderr
+    out = cli("run")
+    assert out.returncode == 2 and "run: give a SPEC file" in out.stderr and "or --resume RUN_ID" in out.stderr
 
 
 def test_plugins_lists_every_kind():

@@ -181,3 +181,44 @@ def test_default_cache_folder_is_per_source(tmp_path, monkeypatch):
     a = cls.cache_dir(cls.Params(source=str(tmp_path / "x" / "maestro")))
     b = cls.cache_dir(cls.Params(source=str(tmp_path / "y" / "maestro")))
     assert a != b and a.parent.as_posix() == "data/cache" and a.name.startswith("maestro_maestro_")
+
+
+def test_a_changed_source_folder_makes_the_cache_out_of_date_and_run_converts_it_again(tmp_path):
+    """A folder of only bad files gives an empty cache; after good files are added (or one is rewritten) the
+    cache is out of date, constructing it says so, and the runner's preparation converts it again."""
+    from framework.build import ensure_prepared
+    from framework.spec import PluginBlock
+
+    src = tmp_path / "audio"
+    src.mkdir()
+    sf.write(src / "short.wav", sine(0.2, RATE), RATE)
+    (src / "corrupt.wav").write_bytes(b"RIFF\x00\x01garbage" * 10)
+    cls, p = build("audio_folder", source=str(src), cache=str(tmp_path / "c"), window_samples=1000,
+                   validation=0.0, test=0.0, workers=1)
+    with pytest.warns(UserWarning, match="2 file"):
+        cls.prepare(p)
+    assert cls.is_prepared(p)
+    with pytest.raises(DataError, match=r"split 'train' is empty .*2 file\(s\) were skipped"):
+        cls(p, split="train")
+
+    sf.write(src / "good.wav", sine(2, RATE), RATE)
+    assert not cls.is_prepared(p)
+    with pytest.raises(DataError, match=r"out of date \(1 file\(s\) added in .*audio since it was prepared\); run "
+                                        r"`python -m framework prepare SPEC`"):
+        cls(p, split="train")
+    log = []
+    with pytest.warns(UserWarning, match="2 file"):
+        ensure_prepared(PluginBlock("audio_folder", p, cls), log.append)
+    assert "out of date" in log[0] and "converted again: 1 file(s) added since the last preparation" in log[1]
+    assert cls.is_prepared(p) and cls(p, split="train").total == 2 * RATE
+
+    sf.write(src / "good.wav", sine(3, RATE), RATE)  # rewritten: another size
+    assert not cls.is_prepared(p)
+    with pytest.warns(UserWarning):
+        assert "1 file(s) changed" in cls.prepare(p)
+    (src / "corrupt.wav").unlink()
+    assert cls.source_change(p) == "1 file(s) removed"
+
+    moved = tmp_path / "elsewhere"  # a cache used where its source folder does not exist: used as it is
+    src.rename(moved)
+    assert cls.is_prepared(p) and cls(p, split="train").total == 3 * RATE

@@ -2,7 +2,7 @@
 Inception Score at its known extremes, streaming statistics against numpy, the classifier cache (retrained when
 missing, corrupt or of another recipe), and, when ``data/mnist`` holds MNIST and the trained classifier, the
 real-data facts: >= 99 % test accuracy, IS of real test images > 9.5, FID of a set against itself ~ 0 and far
-below FID of real digits against noise."""
+below FID of real digits against noise; the metrics' folder follows the mnist dataset's root."""
 
 import json
 import warnings
@@ -194,3 +194,25 @@ def test_fid_orders_real_against_real_far_below_real_against_noise(real):
     to_noise, floor = MC.frechet_distance(*test, *noise), MC.frechet_distance(*test, *train)
     assert abs(fid.compute()["fid_mnist"]) < 1e-6 * to_noise  # a set against itself
     assert floor < 0.01 * to_noise  # test vs train digits: what a perfect generator would reach
+
+
+def test_metrics_follow_the_mnist_datasets_root_and_a_missing_mnist_names_the_key(tmp_path, monkeypatch):
+    """dataset.params.root elsewhere: the metrics read (and cache their classifier in) that folder, not data/mnist."""
+    from plugins.datasets import mnist
+
+    fake = (torch.zeros(4, 28, 28, dtype=torch.uint8), torch.arange(4))
+    monkeypatch.setattr(mnist, "load_split", lambda root, split: fake)
+    info = mnist.Mnist(mnist.Mnist.Params(root=str(tmp_path / "elsewhere")), split="test").info
+    roots = []
+    monkeypatch.setattr(MC, "load_classifier", lambda root, device: roots.append(root) or MC.LeNet())
+    for name in ("fid_mnist", "is_mnist"):
+        cls = METRICS.get(name).cls
+        cls(cls.Params(), data_info=info, runtime=Runtime())  # root left empty: the dataset's
+        cls(cls.Params(root=str(tmp_path / "mine")), data_info=info, runtime=Runtime())  # set: its own
+        cls(cls.Params(), data_info=INFO, runtime=Runtime())  # not an mnist dataset: the default folder
+    assert roots == [str(tmp_path / "elsewhere"), str(tmp_path / "mine"), "data/mnist"] * 2
+    monkeypatch.undo()
+    cls = METRICS.get("fid_mnist").cls
+    with pytest.raises(DataError, match=r"no MNIST data in .*mine.*Metric 'fid_mnist' reads MNIST from .*mine \(set "
+                                        r"by its params.root\); set its params.root \(metrics: \[\{name: fid_mnist"):
+        cls(cls.Params(root=str(tmp_path / "mine")), data_info=info, runtime=Runtime())
