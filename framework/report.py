@@ -97,9 +97,9 @@ def collect(experiment: str, uri: str | None = None) -> list[RunRow]:
     """The experiment's training runs, sorted by name then id, with the params that differ between them."""
     import mlflow
 
-    from framework.tracking import tracking_uri
+    from framework.tracking import require_store, tracking_uri
 
-    client = mlflow.MlflowClient(tracking_uri(uri))
+    client = mlflow.MlflowClient(require_store(uri))  # a report is a read: it never creates an empty store
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = ", ".join(e.name for e in client.search_experiments()) or "(none)"

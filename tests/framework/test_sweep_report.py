@@ -183,3 +183,12 @@ def test_reports_go_to_their_own_experiment_not_among_the_training_runs(fake_sto
     assert sorted(r.info.run_name for r in reports) == ["report:eval/fid", "report:eval/fid #2"]
     assert {r.data.tags["report.experiment"] for r in reports} == {"fake"}
     assert "report/report.md" in {a.path for a in client.list_artifacts(reports[0].info.run_id, "report")}
+
+
+def test_report_on_a_missing_store_names_it_and_creates_none(tmp_path, monkeypatch):
+    from framework.errors import TrackingError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrackingError, match="does not exist"):
+        collect("toy_synthetic", "sqlite:///mlflow.db")
+    assert not (tmp_path / "mlflow.db").exists()
