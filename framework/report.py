@@ -3,11 +3,12 @@
 Reads the experiment's training runs from MLflow (sweep parents and earlier reports are left out) and writes:
 
 * ``report.md`` / ``report.csv``: run name, the params that differ between runs, the final quality metric and
-  the other final ``eval/*`` metrics, wall time, steps, energy (kWh), CO2e (kg), J per generated sample;
+  the other final ``eval/*`` metrics, wall time, steps, energy (kWh, labelled measured or estimated), CO2e (kg),
+  J per generated sample;
 * ``pareto.png``: the quality metric against energy with the Pareto front marked (Douwes et al. 2021: a model
   is judged by quality and energy together; a run is on the front when no other run is at least as good in
-  both and strictly better in one). Where energy was not measured (CPU runs), the x axis falls back to wall
-  time and the plot and table say so;
+  both and strictly better in one). Only where no run logged any energy, measured or estimated, does the x axis
+  fall back to wall time, and the plot and table say so;
 * ``curves.png``: the learning curve of the quality metric per run;
 
 and logs them as artifacts of a summary run tagged ``framework.kind=report``.
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from framework import artifacts
+from framework.energy import kind_label
 from framework.errors import FrameworkError
 
 SKIP_KINDS = ("sweep", "report")
@@ -55,9 +57,20 @@ def differing_params(rows: list[RunRow]) -> list[str]:
     return [k for k in keys if len({r.params.get(k) for r in rows}) > 1]
 
 
+def _energy_parts(metrics: dict[str, float]) -> dict[str, float]:
+    """kWh per source (``gpu``, ``cpu_estimated``, ...); ``energy/total_kwh`` is their sum, not a part."""
+    return {k.removeprefix("energy/").removesuffix("_kwh"): v for k, v in metrics.items()
+            if k.startswith("energy/") and k.endswith("_kwh") and k != "energy/total_kwh"}
+
+
 def _energy(metrics: dict[str, float]) -> float | None:
-    parts = [v for k, v in metrics.items() if k.startswith("energy/") and k.endswith("_kwh")]
-    return sum(parts) if parts else None
+    parts = _energy_parts(metrics)
+    return sum(parts.values()) if parts else None
+
+
+def _energy_kind(rows: list[RunRow]) -> str:
+    """'measured', 'estimated' or 'partly estimated (...)' over the energy parts of all rows."""
+    return kind_label({k for r in rows for k in _energy_parts(r.metrics)})
 
 
 def collect(experiment: str, metric: str, uri: str | None = None) -> list[RunRow]:
@@ -78,10 +91,11 @@ def collect(experiment: str, metric: str, uri: str | None = None) -> list[RunRow
         wall = (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time and r.info.start_time else None
         gen_j = m.get("energy/generation_gpu_j")
         n_gen = m.get("perf/generated_items")
+        per_item = m.get("energy/generation_j_per_item", gen_j / n_gen if gen_j is not None and n_gen else None)
         rows.append(RunRow(
             run_id=r.info.run_id, name=r.info.run_name or r.info.run_id[:8], status=r.info.status,
             params=dict(r.data.params), metrics=m, wall_s=wall, quality=m.get(metric), energy_kwh=_energy(m),
-            co2e_kg=m.get("energy/co2e_kg"), j_per_sample=gen_j / n_gen if gen_j is not None and n_gen else None))
+            co2e_kg=m.get("energy/co2e_kg"), j_per_sample=per_item))
     diff = differing_params(rows)
     for row in rows:
         row.differing = {k: row.params.get(k, "-") for k in diff}
@@ -99,7 +113,8 @@ def _fmt(v) -> str:
 def write_tables(rows: list[RunRow], metric: str, out: Path, energy_measured: bool) -> tuple[Path, Path]:
     diff = sorted({k for r in rows for k in r.differing})
     evals = sorted({k for r in rows for k in r.metrics if k.startswith("eval/") and k != metric})
-    header = ["run", "status", *diff, metric, *evals, "wall_s", "steps", "energy_kwh", "co2e_kg", "j_per_sample"]
+    kind = f" ({_energy_kind(rows)})" if energy_measured else ""
+    header = ["run", "status", *diff, metric, *evals, "wall_s", "steps", f"energy_kwh{kind}", "co2e_kg", "j_per_sample"]
     table = []
     for r in rows:
         steps = r.params.get("train.steps")
@@ -112,8 +127,8 @@ def write_tables(rows: list[RunRow], metric: str, out: Path, energy_measured: bo
         w.writerows([["" if v is None else v for v in row] for row in table])
     md = [f"# Report: {metric} against {'energy' if energy_measured else 'wall time'}", ""]
     if not energy_measured:
-        md += ["**Energy was not measured for these runs** (no GPU energy counter or readable RAPL on the machine "
-               "that ran them); the comparison below uses wall time instead, which is a proxy, not energy.", ""]
+        md += ["**Energy was not measured for these runs** (they logged no energy, measured or estimated); the "
+               "comparison below uses wall time instead, which is a proxy, not energy.", ""]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table]
     md_path = out / "report.md"
@@ -139,7 +154,7 @@ def pareto_plot(rows: list[RunRow], metric: str, higher_is_better: bool, out: Pa
     if pts:
         ax.step(*zip(*pts), where="post", color="tab:red", label="Pareto front")
         ax.legend()
-    ax.set_xlabel("energy (kWh)" if energy_measured else "wall time (s) — energy not measured")
+    ax.set_xlabel(f"energy (kWh, {_energy_kind(rows)})" if energy_measured else "wall time (s) — energy not measured")
     ax.set_ylabel(f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
     ax.grid(alpha=0.3)
     fig.tight_layout()

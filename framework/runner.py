@@ -32,7 +32,7 @@ import yaml
 from framework import artifacts, checkpoint
 from framework.build import Components, build, build_dataset, ensure_prepared
 from framework.data import Labelled, eval_loader, train_loader
-from framework.energy import EnergyMeter
+from framework.energy import EnergyMeter, seconds_per_item, summary
 from framework.errors import CheckpointError, NonFiniteLossError, SpecError
 from framework.runtime import Runtime, resolve_precision
 from framework.spec import Spec, flatten
@@ -139,7 +139,7 @@ class Trainer:
         self.spec, self.c, self.rt, self.tracker, self.run_dir, self.log = spec, comps, runtime, tracker, run_dir, log
         self.step = 0  # completed steps
         self.consumed = 0  # global data positions consumed (all ranks)
-        self.energy = EnergyMeter(runtime.device, spec.energy.grid_gco2_per_kwh)
+        self.energy = EnergyMeter(runtime.device, spec.energy, seconds_per_item(comps.dataset.info))
         self.last_metrics: dict[str, float] = {}
         self.generated = 0  # items generated for eval and samples (energy per generated item)
         self._eval_dataset = None
@@ -190,6 +190,7 @@ class Trainer:
                 real, kw = self._unpack(batch)  # a conditional model draws for the reals' classes
                 fake = self.c.representation.decode(self.c.model.sample(real.shape[0], **kw).float())
                 self.generated += fake.shape[0]
+                self.energy.generated(fake.shape[0])
                 for m in self.c.metrics:
                     m.update(real, fake)
         out = {}
@@ -219,6 +220,7 @@ class Trainer:
                 z, labels = z[torch.stack(list(pick.values()))], list(pick)
             x = self.c.representation.decode(z.float())
             self.generated += z.shape[0]
+            self.energy.generated(z.shape[0])
         paths = artifacts.save_samples(x, self.c.dataset.info, self.run_dir / "samples", f"step{self.step:07d}", labels,
                                        columns)
         for p in paths:
@@ -405,6 +407,10 @@ def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str 
             energy = trainer.energy.metrics() | {"perf/generated_items": float(trainer.generated)}
             tracker.log_metrics(energy, trainer.step)
             trainer.last_metrics.update(energy)
+            if runtime.is_main:
+                trainer.energy.write(run_dir)
+                for line in summary(energy, trainer.energy.tags()):
+                    log(line)
             if status == "FINISHED" and spec.tracking.log_checkpoint and trainer.checkpoint_path.is_file():
                 tracker.log_artifact(trainer.checkpoint_path, "checkpoints")
         tracker.end(status)
