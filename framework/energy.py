@@ -24,8 +24,12 @@ Metric names carry the kind: ``energy/<phase>_<source>_j`` and ``energy/<source>
 ``energy/co2e_kg`` and ``energy/<phase>_total_j`` sum both, and the tag ``energy.total_estimated_parts`` lists
 the estimated parts. Phases that generate log J per item and, for audio, per second of audio.
 
+Each run writes its metrics and tags to ``runs/<run_id>/energy.json``; ``python -m framework.energy RUN_ID``
+(or ``--last``) prints them as labelled lines (what ``make demo`` ends with).
+
 Deliberately not here: no network (codecarbon's table ships with the package), no power-supply losses or
-data-centre PUE, no share of idle power of the machine.
+data-centre PUE, no share of the machine's idle power. A resumed run is metered from its resume on: its
+energy metrics cover that segment, not the run's whole history.
 """
 
 from __future__ import annotations
@@ -436,8 +440,9 @@ def summary(metrics: dict[str, float], tags: dict[str, str]) -> list[str]:
     if "energy/co2e_kg" in metrics:
         parts = [k.removeprefix("energy/").removesuffix("_kwh") for k in metrics
                  if k.startswith("energy/") and k.endswith("_kwh") and k != "energy/total_kwh"]
-        lines.append(f"  CO2e:       {metrics['energy/co2e_kg'] * 1000:.4g} g at {tags.get('energy.grid_gco2_per_kwh')} "
-                     f"g/kWh (energy.grid_gco2_per_kwh), {kind_label(parts)}")
+        grid = tags.get("energy.grid_gco2_per_kwh")
+        lines.append(f"  CO2e:       {metrics['energy/co2e_kg'] * 1000:.4g} g at {grid} g/kWh "
+                     f"(energy.grid_gco2_per_kwh), {kind_label(parts)}")
     sources = sorted((k.removeprefix("energy.").removesuffix("_source"), v) for k, v in tags.items()
                      if k.startswith("energy.") and k.endswith("_source"))
     return lines + [f"  source {name}: {how}" for name, how in sources]

@@ -194,8 +194,9 @@ def test_gpu_fallback_chain(monkeypatch):
         raise NVMLError("Not Supported")
 
     fake = types.SimpleNamespace(nvmlInit=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: i,
-                                 nvmlDeviceGetName=lambda h: "Old GPU", nvmlDeviceGetTotalEnergyConsumption=lambda h: 5e6,
-                                 nvmlDeviceGetPowerUsage=lambda h: 150_000)
+                                 nvmlDeviceGetName=lambda h: "Old GPU",
+                                 nvmlDeviceGetTotalEnergyConsumption=lambda h: 5e6,  # mJ
+                                 nvmlDeviceGetPowerUsage=lambda h: 150_000)  # mW
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     cuda0 = torch.device("cuda", 0)
     assert gpu_source(cuda0).tag == "measured: NVML total energy counter, GPU 0 (Old GPU)"
