@@ -21,7 +21,8 @@ an energy counter) are also sampled every ``energy.sample_every_s`` by a backgro
 
 Metric names carry the kind: ``energy/<phase>_<source>_j`` and ``energy/<source>_kwh`` are measured,
 ``energy/<phase>_<source>_estimated_j`` and ``energy/<source>_estimated_kwh`` estimated; ``energy/total_kwh``,
-``energy/co2e_kg`` and ``energy/<phase>_total_j`` sum both, and the tag ``energy.total_estimated_parts`` lists
+``energy/co2e_kg`` (at ``energy.grid_gco2_per_kwh``, or the country's intensity from codecarbon's offline table
+when ``energy.country_iso_code`` is set) and ``energy/<phase>_total_j`` sum both, and the tag ``energy.total_estimated_parts`` lists
 the estimated parts. Phases that generate log J per item and, for audio, per second of audio.
 
 Each run writes its metrics and tags to ``runs/<run_id>/energy.json``; ``python -m framework.energy RUN_ID``
@@ -47,7 +48,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from framework.errors import FrameworkError
+from framework.errors import FrameworkError, did_you_mean
 
 J_PER_KWH = 3.6e6
 DEFAULT_W_PER_CPU = 4.0  # codecarbon 3.x DEFAULT_POWER_PER_CORE: its W per logical CPU for a CPU not in its table
@@ -230,6 +231,31 @@ def codecarbon_watts_per_cpu(model: str) -> tuple[float | None, str]:
     return tdp * sockets / cpus, f"{model}, TDP {tdp:g} W x {sockets} socket(s) / {cpus} logical CPUs, {table}"
 
 
+def country_intensity(code: str) -> tuple[float, str]:
+    """(g CO2e per kWh, where from) of an ISO 3166 alpha-3 country's electricity, from codecarbon's offline
+    energy-mix table. ValueError (a spec error) when codecarbon is missing or does not know the code."""
+    try:
+        import codecarbon
+        from codecarbon.input import DataSource
+    except ImportError:
+        raise ValueError("energy.country_iso_code needs codecarbon's offline energy-mix table: pip install "
+                         "'mp3net-framework[energy]', or set energy.grid_gco2_per_kwh instead") from None
+    mix = DataSource().get_global_energy_mix_data()
+    entry = mix.get(code.upper())
+    if entry is None:
+        raise ValueError(f"energy.country_iso_code: unknown country '{code}'; valid: ISO 3166 alpha-3 codes such as "
+                         f"USA, FRA, DEU ({len(mix)} in codecarbon's table){did_you_mean(code.upper(), mix)}")
+    return float(entry["carbon_intensity"]), (f"{entry['country_name']} {entry['year']}, offline energy mix of "
+                                              f"codecarbon {codecarbon.__version__} (energy.country_iso_code)")
+
+
+def grid_intensity(config) -> tuple[float, str]:
+    """(g CO2e per kWh, where from): the country's, when ``energy.country_iso_code`` is set, else the spec's."""
+    if config.country_iso_code:
+        return country_intensity(config.country_iso_code)
+    return config.grid_gco2_per_kwh, "energy.grid_gco2_per_kwh"
+
+
 def _rapl_counters(root: str) -> list[_Counter]:
     counters = []
     for p in sorted(p for p in glob.glob(f"{root}/intel-rapl:*") if Path(p).name.count(":") == 1):
@@ -342,7 +368,8 @@ class EnergyMeter:
 
     def __init__(self, device: torch.device, config, seconds_per_item: float | None = None,
                  sources: list[Source] | None = None):
-        self.device, self.grid, self.seconds_per_item = device, config.grid_gco2_per_kwh, seconds_per_item
+        self.device, self.seconds_per_item = device, seconds_per_item
+        self.grid, self.grid_source = grid_intensity(config)
         self.sources = default_sources(device, config) if sources is None else sources
         self.joules: dict[tuple[str, str], float] = {}
         self.items: dict[str, int] = {}
@@ -370,7 +397,7 @@ class EnergyMeter:
         estimated = sorted(s.name for s in self.sources if s.reader is not None and s.estimated)
         return {**{f"energy.{s.name}_source": s.tag for s in self.sources},
                 "energy.total_estimated_parts": ", ".join(estimated) or "none",
-                "energy.grid_gco2_per_kwh": str(self.grid)}
+                "energy.grid_gco2_per_kwh": str(self.grid), "energy.grid_source": self.grid_source}
 
     def metrics(self) -> dict[str, float]:
         """Per phase and source J, per source kWh, totals, CO2e, J per item and per second of audio."""
@@ -442,7 +469,7 @@ def summary(metrics: dict[str, float], tags: dict[str, str]) -> list[str]:
                  if k.startswith("energy/") and k.endswith("_kwh") and k != "energy/total_kwh"]
         grid = tags.get("energy.grid_gco2_per_kwh")
         lines.append(f"  CO2e:       {metrics['energy/co2e_kg'] * 1000:.4g} g at {grid} g/kWh "
-                     f"(energy.grid_gco2_per_kwh), {kind_label(parts)}")
+                     f"({tags.get('energy.grid_source', 'energy.grid_gco2_per_kwh')}), {kind_label(parts)}")
     sources = sorted((k.removeprefix("energy.").removesuffix("_source"), v) for k, v in tags.items()
                      if k.startswith("energy.") and k.endswith("_source"))
     return lines + [f"  source {name}: {how}" for name, how in sources]

@@ -69,6 +69,9 @@ class EnergyConfig:
     # DIMMs, at least 10 W, to any process).
     ram_watts_per_gb: float = 0.375
     sample_every_s: float = 1.0  # how often resident memory (and a GPU without an energy counter) is sampled
+    # ISO 3166 alpha-3 code (FRA, USA, ...): the country's grid intensity from codecarbon's offline table
+    # (extra `energy`) replaces grid_gco2_per_kwh.
+    country_iso_code: str | None = None
 
     def __post_init__(self):
         if self.sample_every_s <= 0:
@@ -76,6 +79,10 @@ class EnergyConfig:
         for name in ("grid_gco2_per_kwh", "cpu_watts_per_core", "ram_watts_per_gb"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"energy.{name} must be >= 0, got {getattr(self, name)}")
+        if self.country_iso_code is not None:
+            from framework.energy import country_intensity
+
+            country_intensity(self.country_iso_code)  # fails now, not at the run's start, on a bad code
 
 
 TOP_LEVEL = {"experiment", "description", "seed", "train", "dataset", "representation", "model", "loss",

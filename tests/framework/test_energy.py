@@ -245,6 +245,19 @@ def test_spec_rejects_negative_power():
         load_spec(SPEC, REGISTRIES, sets=["energy.cpu_watts_per_core=-1"], smoke=True)
 
 
+def test_grid_intensity_of_a_country_from_codecarbon_offline(monkeypatch):
+    pytest.importorskip("codecarbon")
+    m = meter(country_iso_code="fra")
+    assert 10 < m.grid < 200 and m.grid != EnergyConfig().grid_gco2_per_kwh  # France's low-carbon mix
+    assert m.tags()["energy.grid_source"].startswith("France ")
+    bad = r"energy.country_iso_code: unknown country 'FRX'; valid: ISO 3166 alpha-3 .*did you mean"
+    with pytest.raises(SpecError, match=bad):
+        load_spec(SPEC, REGISTRIES, sets=["energy.country_iso_code=FRX"], smoke=True)
+    monkeypatch.setitem(sys.modules, "codecarbon", None)  # as if the `energy` extra were not installed
+    with pytest.raises(SpecError, match=r"needs codecarbon's offline energy-mix table: pip install"):
+        load_spec(SPEC, REGISTRIES, sets=["energy.country_iso_code=FRA"], smoke=True)
+
+
 def test_report_uses_estimated_energy_over_wall_time_without_double_counting(fake_store, tmp_path):  # noqa: F811
     uri, add = fake_store
     add("cpu_only", {"w": "1"}, {"eval/fid": 6.0, "energy/cpu_estimated_kwh": 1.0, "energy/ram_estimated_kwh": 0.5,
