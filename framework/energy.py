@@ -22,8 +22,9 @@ an energy counter) are also sampled every ``energy.sample_every_s`` by a backgro
 Metric names carry the kind: ``energy/<phase>_<source>_j`` and ``energy/<source>_kwh`` are measured,
 ``energy/<phase>_<source>_estimated_j`` and ``energy/<source>_estimated_kwh`` estimated; ``energy/total_kwh``,
 ``energy/co2e_kg`` (at ``energy.grid_gco2_per_kwh``, or the country's intensity from codecarbon's offline table
-when ``energy.country_iso_code`` is set) and ``energy/<phase>_total_j`` sum both, and the tag ``energy.total_estimated_parts`` lists
-the estimated parts. Phases that generate log J per item and, for audio, per second of audio.
+when ``energy.country_iso_code`` is set) and ``energy/<phase>_total_j`` sum both, and the tag
+``energy.total_estimated_parts`` lists the estimated parts. Phases that generate log J per item and, for audio,
+per second of audio.
 
 Each run writes its metrics and tags to ``runs/<run_id>/energy.json``; ``python -m framework.energy RUN_ID``
 (or ``--last``) prints them as labelled lines (what ``make demo`` ends with).
