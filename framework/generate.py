@@ -3,7 +3,8 @@
 The checkpoint carries the resolved spec and the data description, so generation needs neither the
 original spec file nor the training data: the representation and model are rebuilt from the stored spec
 and loaded with the stored weights. Items are written by :mod:`framework.artifacts` (wav + spectrogram PNG
-for audio, an image grid for images). Generation energy is measured like a run's (NVML where available).
+for audio, an image grid for images). Generation energy is metered like a run's (:mod:`framework.energy`: measured
+where a counter exists, else estimated and labelled so) and printed per sample and per second of audio.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from framework import artifacts, checkpoint
 from framework.build import _construct
-from framework.energy import EnergyMeter
+from framework.energy import EnergyMeter, summary
 from framework.errors import CheckpointError, FrameworkError
 from framework.protocols import DataInfo
 from framework.runner import choose_device, find_checkpoint, seed_everything
@@ -63,7 +64,8 @@ def generate(*, run_id: str | None, checkpoint_path: str | None, n: int, seconds
     from tqdm.auto import tqdm
 
     seed_everything(seed)
-    meter = EnergyMeter(runtime.device, spec.energy.grid_gco2_per_kwh)
+    clip_s = (length or info.shape[-1]) / info.sample_rate if info.kind == "audio" else None
+    meter = EnergyMeter(runtime.device, spec.energy, clip_s)
     meter.switch("generation")
     paths, done = [], 0
     with torch.no_grad(), tqdm(total=n, unit="sample", desc="generate") as bar:
@@ -76,9 +78,11 @@ def generate(*, run_id: str | None, checkpoint_path: str | None, n: int, seconds
             labels = [f"{done + i:04d}" for i in range(k)]
             paths += artifacts.save_samples(x, info, out, "sample" if info.kind == "audio" else f"grid{done:04d}", labels)
             done += k
+            meter.generated(k)
             bar.update(k)
     meter.switch(None)
-    joules = meter.metrics().get("energy/generation_gpu_j")
-    print(f"energy per sample: {joules / n:.3g} J (GPU)" if joules is not None else
-          f"energy per sample: {meter.gpu_source}")
+    metrics = meter.metrics()
+    print("\n".join(summary(metrics, meter.tags())))
+    if clip_s and "energy/generation_j_per_item" in metrics:  # per clip of the model's length (MP3net: 95 s)
+        print(f"  per sample ({clip_s:.4g} s, {n} generated): {metrics['energy/generation_j_per_item']:.4g} J")
     return paths

@@ -4,12 +4,12 @@ Reads the experiment's training runs from MLflow (sweep parents and reports are 
 
 * ``report.md`` / ``report.csv``: run name and id, status, whether the run is on the Pareto front, the params
   that differ between runs, the final quality metric and the other final ``eval/*`` metrics, wall time,
-  steps, energy (kWh), CO2e (kg), J per generated sample;
+  steps, energy (kWh, labelled measured or estimated), CO2e (kg), J per generated sample;
 * ``pareto.png``: the quality metric against energy with the Pareto front marked (Douwes et al. 2021: a model
   is judged by quality and energy together; a run is on the front when no other run is at least as good in
   both and strictly better in one). Only FINISHED runs can be on the front; FAILED, KILLED or still RUNNING
-  runs are drawn as crosses labelled with their status. Where energy was not measured (CPU runs), the x axis
-  falls back to wall time and the plot and table say so;
+  runs are drawn as crosses labelled with their status. Only where no run logged any energy, measured or
+  estimated, does the x axis fall back to wall time, and the plot and table say so;
 * ``curves.png``: the learning curve of the quality metric per run.
 
 Everything is keyed by run id, never by name: runs of one spec may share a name (older runs, or names cut
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from framework import artifacts
+from framework.energy import kind_label
 from framework.errors import FrameworkError, did_you_mean
 
 SKIP_KINDS = ("sweep", "report")  # reports made before they got their own experiment lived among the runs
@@ -76,9 +77,20 @@ def differing_params(rows: list[RunRow]) -> list[str]:
     return [k for k in keys if len({r.params.get(k) for r in rows}) > 1]
 
 
+def _energy_parts(metrics: dict[str, float]) -> dict[str, float]:
+    """kWh per source (``gpu``, ``cpu_estimated``, ...); ``energy/total_kwh`` is their sum, not a part."""
+    return {k.removeprefix("energy/").removesuffix("_kwh"): v for k, v in metrics.items()
+            if k.startswith("energy/") and k.endswith("_kwh") and k != "energy/total_kwh"}
+
+
 def _energy(metrics: dict[str, float]) -> float | None:
-    parts = [v for k, v in metrics.items() if k.startswith("energy/") and k.endswith("_kwh")]
-    return sum(parts) if parts else None
+    parts = _energy_parts(metrics)
+    return sum(parts.values()) if parts else None
+
+
+def _energy_kind(rows: list[RunRow]) -> str:
+    """'measured', 'estimated' or 'partly estimated (...)' over the energy parts of all rows."""
+    return kind_label({k for r in rows for k in _energy_parts(r.metrics)})
 
 
 def _row(r) -> RunRow:
@@ -87,10 +99,11 @@ def _row(r) -> RunRow:
     if wall is None:
         wall_from = "end-start"
         wall = (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time and r.info.start_time else None
-    gen_j, n_gen = m.get("energy/generation_gpu_j"), m.get("perf/generated_items")
+    gen_j, n_gen = m.get("energy/generation_gpu_j"), m.get("perf/generated_items")  # runs before per-item energy
+    per_item = m.get("energy/generation_j_per_item", gen_j / n_gen if gen_j is not None and n_gen else None)
     return RunRow(run_id=r.info.run_id, name=r.info.run_name or r.info.run_id[:8], status=r.info.status,
                   params=dict(r.data.params), metrics=m, wall_s=wall, wall_from=wall_from, energy_kwh=_energy(m),
-                  co2e_kg=m.get("energy/co2e_kg"), j_per_sample=gen_j / n_gen if gen_j is not None and n_gen else None)
+                  co2e_kg=m.get("energy/co2e_kg"), j_per_sample=per_item)
 
 
 def collect(experiment: str, uri: str | None = None) -> list[RunRow]:
@@ -167,7 +180,8 @@ def _fmt(v) -> str:
 def write_tables(rows: list[RunRow], metric: str, how: str, out: Path, energy_measured: bool) -> tuple[Path, Path]:
     diff = sorted({k for r in rows for k in r.differing})
     evals = sorted({k for r in rows for k in r.metrics if k.startswith("eval/") and k != metric})
-    header = ["run", "run_id", "status", "pareto", *diff, metric, *evals, "wall_s", "steps", "energy_kwh",
+    kind = f" ({_energy_kind(rows)})" if energy_measured else ""
+    header = ["run", "run_id", "status", "pareto", *diff, metric, *evals, "wall_s", "steps", f"energy_kwh{kind}",
               "co2e_kg", "j_per_sample"]
     table = [[r.name, r.run_id, r.status, r.front, *(r.differing.get(k, "-") for k in diff), r.quality,
               *(r.metrics.get(k) for k in evals), r.wall_s, r.params.get("train.steps"), r.energy_kwh, r.co2e_kg,
@@ -180,8 +194,8 @@ def write_tables(rows: list[RunRow], metric: str, how: str, out: Path, energy_me
     md = [f"# Report: {metric} against {'energy' if energy_measured else 'wall time'}", "",
           f"Quality metric `{metric}`: {how}.", ""]
     if not energy_measured:
-        md += ["**Energy was not measured for these runs** (no GPU energy counter or readable RAPL on the machine "
-               "that ran them); the comparison below uses wall time instead, which is a proxy, not energy.", ""]
+        md += ["**Energy was not measured for these runs** (they logged no energy, measured or estimated); the "
+               "comparison below uses wall time instead, which is a proxy, not energy.", ""]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, r in zip(table, rows):
         cells = [_fmt(v) for v in row]
@@ -217,7 +231,7 @@ def pareto_plot(rows: list[RunRow], metric: str, higher_is_better: bool, out: Pa
     if pts:
         ax.step(*zip(*pts), where="post", color="tab:red", label="Pareto front (FINISHED runs)")
         ax.legend()
-    ax.set_xlabel("energy (kWh)" if energy_measured else "wall time (s) — energy not measured")
+    ax.set_xlabel(f"energy (kWh, {_energy_kind(rows)})" if energy_measured else "wall time (s) — energy not measured")
     ax.set_ylabel(f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
     ax.grid(alpha=0.3)
     fig.tight_layout()

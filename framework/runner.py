@@ -38,7 +38,7 @@ import yaml
 from framework import artifacts, checkpoint, naming
 from framework.build import Components, build, build_dataset, ensure_prepared
 from framework.data import Labelled, eval_loader, train_loader
-from framework.energy import EnergyMeter
+from framework.energy import EnergyMeter, seconds_per_item, summary
 from framework.errors import CheckpointError, NonFiniteLossError, SpecError, TrackingError
 from framework.runtime import Runtime, resolve_precision
 from framework.spec import Spec, apply_set, flatten, parse_set, validate
@@ -146,7 +146,7 @@ class Trainer:
         self.resume_hint = resume_hint  # the command that continues this run (printed when a signal stops it)
         self.step = 0  # completed steps
         self.consumed = 0  # global data positions consumed (all ranks)
-        self.energy = EnergyMeter(runtime.device, spec.energy.grid_gco2_per_kwh)
+        self.energy = EnergyMeter(runtime.device, spec.energy, seconds_per_item(comps.dataset.info))
         self.last_metrics: dict[str, float] = {}
         self.generated = 0  # items generated for eval and samples (energy per generated item)
         # active time: seconds inside this process since the components were built, plus the earlier sessions'
@@ -228,6 +228,7 @@ class Trainer:
                 real, kw = self._unpack(batch)  # a conditional model draws for the reals' classes
                 fake = self.c.representation.decode(self.c.model.sample(real.shape[0], **kw).float())
                 self.generated += fake.shape[0]
+                self.energy.generated(fake.shape[0])
                 for m in self.c.metrics:
                     m.update(real, fake)
         out = {}
@@ -257,6 +258,7 @@ class Trainer:
                 z, labels = z[torch.stack(list(pick.values()))], list(pick)
             x = self.c.representation.decode(z.float())
             self.generated += z.shape[0]
+            self.energy.generated(z.shape[0])
         paths = artifacts.save_samples(x, self.c.dataset.info, self.run_dir / "samples", f"step{self.step:07d}", labels,
                                        columns)
         for p in paths:
@@ -488,6 +490,10 @@ def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str 
                 energy["perf/run_s"] = trainer.run_s
             tracker.log_metrics(energy, trainer.step)
             trainer.last_metrics.update(energy)
+            if runtime.is_main:
+                trainer.energy.write(run_dir)
+                for line in summary(energy, trainer.energy.tags()):
+                    log(line)
             if status == "FINISHED" and spec.tracking.log_checkpoint and trainer.checkpoint_path.is_file():
                 tracker.log_artifact(trainer.checkpoint_path, "checkpoints")
         tracker.end(status)

@@ -62,6 +62,27 @@ class EnergyConfig:
     # Grid carbon intensity for CO2e. Default: the 2023 world average of electricity generation, 480 g/kWh
     # (Ember, Global Electricity Review 2024). Set your own grid's value for a real estimate.
     grid_gco2_per_kwh: float = 480.0
+    # W per logical CPU for the CPU-time estimate where no RAPL counter is readable. None: the CPU model's TDP
+    # from codecarbon's table (extra `energy`), else codecarbon's default, 4 W (framework/energy.py).
+    cpu_watts_per_core: float | None = None
+    # Power of resident memory: 3 W per 8 GB, codecarbon's RAM model before 3.0 (its 3.x model charges whole
+    # DIMMs, at least 10 W, to any process).
+    ram_watts_per_gb: float = 0.375
+    sample_every_s: float = 1.0  # how often resident memory (and a GPU without an energy counter) is sampled
+    # ISO 3166 alpha-3 code (FRA, USA, ...): the country's grid intensity from codecarbon's offline table
+    # (extra `energy`) replaces grid_gco2_per_kwh.
+    country_iso_code: str | None = None
+
+    def __post_init__(self):
+        if self.sample_every_s <= 0:
+            raise ValueError(f"energy.sample_every_s must be > 0 seconds, got {self.sample_every_s}")
+        for name in ("grid_gco2_per_kwh", "cpu_watts_per_core", "ram_watts_per_gb"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"energy.{name} must be >= 0, got {getattr(self, name)}")
+        if self.country_iso_code is not None:
+            from framework.energy import country_intensity
+
+            country_intensity(self.country_iso_code)  # fails now, not at the run's start, on a bad code
 
 
 TOP_LEVEL = {"experiment", "description", "seed", "train", "dataset", "representation", "model", "loss",
