@@ -352,8 +352,7 @@ class _Checker:
             self.fail(f"{key}.name", f"missing the {SINGULAR[registry.kind]} name; registered: "
                                      f"{', '.join(registry.names())}")
         if name not in registry:
-            self.fail(f"{key}.name", f"unknown {SINGULAR[registry.kind]} '{name}'; registered: "
-                                     f"{', '.join(registry.names())}{did_you_mean(name, registry.names())}")
+            self.fail(f"{key}.name", registry.unknown_message(name))
         cls = registry.get(name).cls
         params = self.dataclass(cls.Params, block.get("params"), f"{key}.params",
                                 what=f"{SINGULAR[registry.kind]} '{name}'")
