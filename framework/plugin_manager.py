@@ -87,8 +87,9 @@ def _load_entry_points(pm: PluginManager, blocked: set[str]) -> None:
         try:
             plugin = ep.load()
         except Exception as exc:  # a broken third-party package must say which one
+            package = ep.dist.metadata["name"] if getattr(ep, "dist", None) else "the package that declares it"
             raise PluginError(f"plugin {where} failed to load: {type(exc).__name__}: {exc}; fix or uninstall "
-                              f"{dist.split(' ')[0]}, or block it with FRAMEWORK_DISABLE_PLUGINS={ep.name}") from exc
+                              f"{package}, or block it with FRAMEWORK_DISABLE_PLUGINS={ep.name}") from exc
         pm.register(plugin, name=ep.name)
         pm.distributions[getattr(plugin, "__name__", ep.module)] = dist
 
