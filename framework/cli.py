@@ -1,4 +1,5 @@
-"""``python -m framework``: run | validate | plugins | prepare | generate | ui, plus plugin commands.
+"""``python -m framework COMMAND``: the core commands (run, validate, report, ui, ...) and the commands that
+plugins add (``analyze``); ``--help`` lists them all, core and plugin, from the parser itself.
 
 Every FrameworkError is printed as one ``error: ...`` line (what, where, what to do) and exits with
 status 2; a bug prints its traceback. Plugin packages add subcommands through the
@@ -153,8 +154,10 @@ def cmd_bench(args) -> int:
 
 
 def build_parser(commands=None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m framework", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="python -m framework", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Train, compare and inspect experiments (YAML specs, MLflow runs).",
+                                epilog="`python -m framework COMMAND --help` shows a command's options.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def spec_args(sp, smoke=True, optional=False):
         sp.add_argument("spec", nargs="?" if optional else None, help="experiment YAML, e.g. experiments/mnist_dcgan"
@@ -186,9 +189,9 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     pl = sub.add_parser("plugins", help="list registered plugins with their module and distribution")
     pl.set_defaults(func=cmd_plugins)
 
-    u = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1")
-    u.add_argument("--tracking-uri")
-    u.add_argument("--port", type=int, default=5000)
+    u = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1 and print each experiment's runs page")
+    u.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    u.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     u.set_defaults(func=cmd_ui)
 
     rp = sub.add_parser("report", help="quality vs energy table and Pareto plot across an experiment's runs")
@@ -230,10 +233,10 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     g.add_argument("--tracking-uri")
     g.set_defaults(func=cmd_generate)
 
-    for name, (run_fn, add_arguments, help_, _module) in sorted((commands or {}).items()):
+    for name, (run_fn, add_arguments, help_, module) in sorted((commands or {}).items()):
         if name in sub.choices:
             raise FrameworkError(f"plugin command '{name}' clashes with a core command")
-        c = sub.add_parser(name, help=help_)
+        c = sub.add_parser(name, help=f"{help_} [plugin {module}]")
         add_arguments(c)
         c.set_defaults(func=run_fn)
     return p

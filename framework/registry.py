@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
-from typing import Iterator
+from typing import Callable, Iterator
 
 from framework.errors import PluginError, did_you_mean
 from framework.hookspecs import KINDS
@@ -49,11 +49,12 @@ def distribution_of(module: str) -> str:
 class Registry:
     """The plugins of one kind (``models``, ``losses``, ...)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, explain: Callable[[str], str] | None = None):
         if kind not in KINDS:
             raise ValueError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._explain = explain  # name -> why it is missing (blocked, no @hookimpl), from the plugin manager
 
     def add(self, name: str, cls: type, module: str, distribution: str | None = None) -> None:
         if not isinstance(name, str) or not name:
@@ -74,9 +75,14 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            valid = ", ".join(sorted(self._entries)) or "(none registered)"
-            raise PluginError(f"unknown {SINGULAR[self.kind]} '{name}'; registered: {valid}"
-                              f"{did_you_mean(str(name), self._entries)}") from None
+            raise PluginError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        """"unknown model 'x'; registered: ..." with a close match and, when known, why it is missing."""
+        valid = ", ".join(sorted(self._entries)) or "(none registered)"
+        why = self._explain(str(name)) if self._explain else ""
+        close = did_you_mean(str(name), self._entries)
+        return f"unknown {SINGULAR[self.kind]} '{name}'; registered: {valid}{close}{why}"
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -113,7 +113,7 @@ class Spec:
     model: PluginBlock
     loss: PluginBlock
     metrics: tuple[PluginBlock, ...]
-    resolved: dict  # the fully resolved spec (no extends/smoke/grid keys)
+    resolved: dict  # the fully resolved spec (no extends/smoke/grid keys), every default filled in
     smoke: bool = False
     grid: bool = False  # the spec has a grid: block (python -m framework run sweeps it)
 
@@ -373,8 +373,7 @@ class _Checker:
             self.fail(f"{key}.name", f"missing the {SINGULAR[registry.kind]} name; registered: "
                                      f"{', '.join(registry.names())}")
         if name not in registry:
-            self.fail(f"{key}.name", f"unknown {SINGULAR[registry.kind]} '{name}'; registered: "
-                                     f"{', '.join(registry.names())}{did_you_mean(name, registry.names())}")
+            self.fail(f"{key}.name", registry.unknown_message(name))
         cls = registry.get(name).cls
         params = self.dataclass(cls.Params, block.get("params"), f"{key}.params",
                                 what=f"{SINGULAR[registry.kind]} '{name}'")
@@ -412,17 +411,47 @@ def validate(data: dict, registries: Mapping[str, Registry], path: str, origins:
     metrics = data.get("metrics") or []
     if not isinstance(metrics, list):
         chk.fail("metrics", f"must be a list of {{name, params}} blocks, got {metrics!r}")
-    return Spec(
-        path=str(path), experiment=data["experiment"], seed=seed, train=train,
-        tracking=chk.dataclass(TrackingConfig, data.get("tracking"), "tracking", what="tracking"),
-        energy=chk.dataclass(EnergyConfig, data.get("energy"), "energy", what="energy"),
-        dataset=chk.plugin(data["dataset"], "dataset", registries["datasets"]),
-        representation=chk.plugin(data["representation"], "representation", registries["representations"]),
-        model=chk.plugin(data["model"], "model", registries["models"]),
-        loss=chk.plugin(data["loss"], "loss", registries["losses"], with_weights=True),
-        metrics=tuple(chk.plugin(m, f"metrics.{i}", registries["metrics"]) for i, m in enumerate(metrics)),
-        resolved={k: copy.deepcopy(v) for k, v in data.items() if k != "grid"}, smoke=smoke,
-        grid=bool(data.get("grid")))
+    configs = {"seed": seed, "train": train,
+               "tracking": chk.dataclass(TrackingConfig, data.get("tracking"), "tracking", what="tracking"),
+               "energy": chk.dataclass(EnergyConfig, data.get("energy"), "energy", what="energy")}
+    blocks = {"dataset": chk.plugin(data["dataset"], "dataset", registries["datasets"]),
+              "representation": chk.plugin(data["representation"], "representation",
+                                           registries["representations"]),
+              "model": chk.plugin(data["model"], "model", registries["models"]),
+              "loss": chk.plugin(data["loss"], "loss", registries["losses"], with_weights=True),
+              "metrics": tuple(chk.plugin(m, f"metrics.{i}", registries["metrics"]) for i, m in enumerate(metrics))}
+    return Spec(path=str(path), experiment=data["experiment"], **configs, **blocks,
+                resolved=_resolved(data, configs, blocks), smoke=smoke, grid=bool(data.get("grid")))
+
+
+def _plain(value: Any) -> Any:
+    """A Params / config value as YAML / JSON data: dataclasses to mappings, tuples to lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _block(block: PluginBlock) -> dict:
+    out = {"name": block.name, "params": _plain(block.params)}
+    if block.weights is not None:  # a loss: every term's weight, its defaults updated by the spec
+        out["weights"] = {**block.cls.default_weights, **block.weights}
+    return out
+
+
+def _resolved(data: dict, configs: dict, blocks: dict) -> dict:
+    """The spec as it runs: every default a config or plugin supplies filled in (``Params`` fields, a loss's
+    ``default_weights``), so params, ``spec.yaml`` and ``spec.sha256`` record the values actually used.
+    Idempotent: validating this mapping again gives it back unchanged."""
+    filled = {k: _plain(v) for k, v in configs.items()}
+    filled.update({k: _block(b) for k, b in blocks.items() if k != "metrics"})
+    filled["metrics"] = [_block(m) for m in blocks["metrics"]]
+    out = {k: copy.deepcopy(v) for k, v in data.items() if k != "grid"}
+    out.update(filled)
+    return out
 
 
 def _check_train(chk: _Checker, train: TrainConfig) -> None:

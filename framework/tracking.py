@@ -8,13 +8,23 @@ so they never create an empty one as a side effect.
 
 Under ``torchrun`` only rank 0 tracks; other ranks get a :class:`Tracker` with ``enabled=False`` whose
 methods do nothing.
+
+``serve_ui`` runs MLflow's UI server in its own process group, ended with the parent, and prints each
+experiment's runs page in the UI's machine-learning view (MLflow 3 otherwise opens on GenAI traces).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -217,16 +227,116 @@ def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[
     return sorted(by_step.items())
 
 
-def serve_ui(uri: str | None = None, port: int = 5000) -> int:
-    """Run the MLflow UI on 127.0.0.1 for the store (blocks until interrupted)."""
-    import subprocess
-    import sys
+# MLflow 3's UI opens in its GenAI view (traces). Its sidebar toggle (GenAI | Model training) decides the view,
+# and this URL parameter sets it; the experiment tag mlflow.experimentKind does not override the toggle (checked
+# in headless Chromium against MLflow 3.17).
+ML_VIEW_QUERY = "workflowType=machine_learning"
+UI_START_S = 180  # MLflow's server takes ~5 s to answer on an idle machine, ~40 s on a loaded 2-core one
+
+
+def runs_page_urls(uri: str | None, base: str) -> list[tuple[str, str]]:
+    """(experiment name, URL of its runs table in the machine-learning view) for every experiment with runs,
+    most recently created first. Reads nothing (and so creates no store) when a sqlite file does not exist."""
+    import mlflow
 
     uri = tracking_uri(uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(port)]
-    print(f"MLflow UI for {uri}: http://127.0.0.1:{port}  (Ctrl-C to stop)", flush=True)
+    if _missing_sqlite_file(uri):
+        return []
+    client = mlflow.MlflowClient(uri)
+    exps = sorted(client.search_experiments(), key=lambda e: e.creation_time or 0, reverse=True)
+    return [(e.name, f"{base}/#/experiments/{e.experiment_id}/runs?{ML_VIEW_QUERY}") for e in exps
+            if client.search_runs([e.experiment_id], max_results=1)]
+
+
+def _missing_sqlite_file(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri[len("sqlite:///"):])
+    return None if path.exists() else path
+
+
+def _check_port_free(port: int) -> None:
+    """TrackingError if nothing can listen on 127.0.0.1:port (checked before the server starts)."""
+    if not 0 < port < 65536:
+        raise TrackingError(f"ui --port {port}: must be between 1 and 65535")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no conflict
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise TrackingError(f"ui: port {port} on 127.0.0.1 is taken ({exc.strerror}); another `python -m "
+                                f"framework ui` or MLflow server is probably running there: open it, stop it, "
+                                f"or choose another port with --port N") from None
+
+
+def _answers(url: str) -> bool:
     try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _end_group(proc) -> None:
+    """End the server's whole process group (MLflow's server and its uvicorn workers): TERM, then KILL."""
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop(signum)
+
+
+def _announce(uri: str, base: str, log) -> None:
+    pages = runs_page_urls(uri, base)
+    log(f"MLflow UI for {uri}: {base}  (Ctrl-C to stop)")
+    for name, url in pages:
+        log(f"  runs of {name}: {url}")
+    if not pages:
+        log("  no runs in this store yet; run `python -m framework run SPEC` (with the same --tracking-uri)")
+
+
+def serve_ui(uri: str | None = None, port: int = 5000, log=functools.partial(print, flush=True)) -> int:
+    """Serve the MLflow UI for the store on 127.0.0.1 until SIGINT / SIGTERM; print each experiment's runs page.
+
+    The server runs in its own process group, which is ended with this process (SIGINT, SIGTERM, or the server
+    dying); only a SIGKILL of this process leaves it running. Exit status: 0 when stopped by a signal, else
+    the server's own."""
+    uri = tracking_uri(uri)
+    _check_port_free(port)
+    missing = _missing_sqlite_file(uri)
+    if missing:
+        log(f"note: {missing} does not exist yet, so the UI starts empty (MLflow creates the file); pass "
+            f"--tracking-uri or start from the folder where you ran `python -m framework run`")
+    base = f"http://127.0.0.1:{port}"
+    # one worker serves one person; MLflow's default of 4 quadruples start-up time and memory on a small machine
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1"]
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its own group, so _end_group reaches every worker
+    try:
+        log(f"starting the MLflow UI on {base} ...")
+        deadline = time.monotonic() + UI_START_S
+        while proc.poll() is None and not _answers(f"{base}/health") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if proc.poll() is None:
+            _announce(uri, base, log)
+            proc.wait()
+        log(f"the MLflow server exited with status {proc.returncode}; its output is above")
+        return proc.returncode or 1
+    except (_Stop, KeyboardInterrupt):
         return 0
+    finally:
+        _end_group(proc)
+        signal.signal(signal.SIGTERM, previous)

@@ -1,16 +1,9 @@
 """The CLI as a user meets it: validate errors exit non-zero with the file, key, valid keys and a close
-match; plugins lists every kind; ui serves the MLflow store on 127.0.0.1."""
+match; plugins lists every kind. (``ui`` is tested in test_ui.py.)"""
 
-import json
-import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "experiments" / "toy_synthetic.yaml"
@@ -62,29 +55,3 @@ def test_plugins_lists_every_kind():
     for kind in ("datasets:", "representations:", "models:", "losses:", "metrics:"):
         assert kind in out.stdout
     assert "toy_gan" in out.stdout and "plugins.losses.gan" in out.stdout
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ui_serves_the_store_on_localhost(tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "framework", "ui", "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline, body = time.time() + 90, None
-        while time.time() < deadline and body is None:
-            try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
-                                             data=b'{"max_results": 5}', headers={"Content-Type": "application/json"})
-                body = json.loads(urllib.request.urlopen(req, timeout=2).read())
-            except OSError:
-                time.sleep(0.5)
-        assert body is not None, "MLflow UI did not answer"
-        assert "experiments" in body
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)

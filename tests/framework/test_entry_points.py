@@ -1,7 +1,10 @@
 """A separately installed package that declares an entry point in group ``framework`` shows up in
-``python -m framework plugins`` and its model runs from a spec."""
+``python -m framework plugins`` and its model runs from a spec; so does the README's example package, built
+from the README's own text so the two cannot drift."""
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -86,8 +89,8 @@ def site(tmp_path_factory):
     return target
 
 
-def framework(site, *args, cwd=ROOT):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
+def framework(site, *args, cwd=ROOT, env=None):
+    env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
     return subprocess.run([sys.executable, "-m", "framework", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -112,3 +115,50 @@ def test_blocking_the_entry_point_hides_it(site, tmp_path):
     out = subprocess.run([sys.executable, "-m", "framework", "plugins"], cwd=ROOT, capture_output=True, text=True,
                          env=dict(env_block, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)])))
     assert out.returncode == 0 and "hello_gan" not in out.stdout
+
+
+# ---------------------------------------------------------------- the README's plugin package, as written there
+
+def readme_plugin_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("## Writing a plugin module", 1)[1].split("\n## ", 1)[0]
+
+
+def readme_blocks(section: str) -> list[tuple[str, str]]:
+    """(language, body) of each fenced block of the README section."""
+    return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def readme_site(tmp_path_factory):
+    """The README's package built from its text: each block whose first line is `# <path>` is that file, plus
+    the empty `my_pkg/__init__.py` the prose names; installed like `pip install .` (into a --target folder, so
+    the test environment is left as it was)."""
+    section = readme_plugin_section()
+    assert "`my_pkg/__init__.py`" in section
+    pkg = tmp_path_factory.mktemp("readme") / "my-pkg"
+    (pkg / "my_pkg").mkdir(parents=True)
+    (pkg / "my_pkg" / "__init__.py").write_text("")
+    files = [body.split("\n", 1) for lang, body in readme_blocks(section) if lang in ("python", "toml")]
+    assert {first for first, _ in files} == {"# my_pkg/my_loss.py", "# pyproject.toml"}
+    for first, body in files:
+        (pkg / first[2:]).write_text(body)
+    target = pkg.parent / "site"
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                          "--no-index", "--target", str(target), str(pkg)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return target
+
+
+def test_readme_plugin_package_installs_is_listed_and_runs(readme_site, tmp_path):
+    commands = [shlex.split(line.split("  #")[0])[3:] for lang, body in readme_blocks(readme_plugin_section())
+                if lang == "bash" for line in body.splitlines() if line.startswith("python -m framework ")]
+    assert [c[0] for c in commands] == ["plugins", "run"]
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "FRAMEWORK_RUNS_DIR": str(tmp_path / "runs")}
+    listed = framework(readme_site, *commands[0], env=env)
+    assert listed.returncode == 0, listed.stderr
+    line = next(l for l in listed.stdout.splitlines() if "least_squares" in l)
+    assert "LeastSquares" in line and "my_pkg.my_loss" in line and "[my-pkg 0.1.0]" in line
+    ran = framework(readme_site, *commands[1], env=env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert re.search(r"FINISHED after \d+ steps", ran.stdout)

@@ -88,7 +88,9 @@ def test_extends_merges_and_a_renamed_block_replaces_params(tmp_path, registries
         """)
     spec = load_spec(child, registries)
     assert spec.train.steps == 3 and spec.train.batch_size == 4  # merged
-    assert spec.loss.name == "hinge" and spec.resolved["loss"] == {"name": "hinge"}  # params/weights replaced
+    assert spec.loss.name == "hinge"  # params/weights replaced: only hinge's own defaults are left
+    assert spec.resolved["loss"] == {"name": "hinge", "params": {}, "weights": {"d/real": 1.0, "d/fake": 1.0,
+                                                                                "g/adv": 1.0}}
 
 
 def test_error_in_child_names_the_child_file(tmp_path, registries):
