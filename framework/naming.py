@@ -1,7 +1,7 @@
 """Run names: what a person reads in the MLflow run list, chart legends and ``report`` tables.
 
 A run is named after its spec file's stem, ``smoke`` when the smoke overlay was applied, and the keys where
-the run's resolved spec differs from the file (the ``--set`` overrides that changed something), e.g.
+the ``--set`` overrides change the file, e.g.
 ``toy_synthetic smoke model.latent_dim=64 train.steps=10``. Sweep children are named after the grid values
 that make them. Names are kept short (:data:`MAX_CHARS`; what does not fit is counted as ``+N``), so they are
 labels, not identities: the run id is the identity, and :meth:`framework.tracking.Tracker.start` appends
@@ -41,14 +41,14 @@ def compose(stem: str, items: list[tuple[str, Any]]) -> str:
 
 
 def overrides(spec: Spec) -> list[tuple[str, str]]:
-    """(dotted key, value) where the run's resolved spec differs from its file, in the spec's key order."""
-    if not Path(spec.path).is_file():  # a spec validated from a mapping (e.g. a checkpoint's) has no file
+    """(dotted key, value) that the run's ``--set`` items change in its file, in the spec's key order.
+    Both sides are the file as written (no plugin defaults filled in), so a --set that names a different plugin
+    shows as that one key, not as every default of the new plugin."""
+    if not spec.sets or not Path(spec.path).is_file():  # a spec from a mapping (a checkpoint's) has no file
         return []
-    base, _ = resolve(spec.path, (), spec.smoke)
-    base.pop("grid", None)
-    before = flatten(base)
-    return [(k, v) for k, v in flatten(spec.resolved).items()
-            if before.get(k) != v and not k.startswith(UNNAMED_KEYS)]
+    before = flatten(resolve(spec.path, (), spec.smoke)[0])
+    after = flatten(resolve(spec.path, spec.sets, spec.smoke)[0])
+    return [(k, v) for k, v in after.items() if before.get(k) != v and not k.startswith(UNNAMED_KEYS)]
 
 
 def stem(spec: Spec) -> str:

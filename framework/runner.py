@@ -386,9 +386,10 @@ def _spec_changes(new: dict, stored: dict) -> list[str]:
     return [f"{k}: {b.get(k, '(unset)')} -> {a.get(k, '(unset)')}" for k in keys]
 
 
-def _check_resume_spec(spec: Spec, stored: dict) -> None:
-    """A resumed run continues the stored spec; only train.steps may change (to train longer)."""
-    changes = _spec_changes(spec.resolved, stored)
+def _check_resume_spec(spec: Spec, stored: dict, registries) -> None:
+    """A resumed run continues the stored spec; only train.steps may change (to train longer). The stored spec
+    is validated again first, so a checkpoint written before defaults were recorded compares with them filled in."""
+    changes = _spec_changes(spec.resolved, validate(copy.deepcopy(stored), registries, spec.path).resolved)
     if changes:
         raise SpecError(f"{spec.path}: --resume: the spec differs from the one the run was started with at "
                         f"{'; '.join(changes[:8])}; resume with the run's stored spec (`python -m framework run "
@@ -461,7 +462,7 @@ def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str 
     state = None
     if resume_run_id:
         state = checkpoint.load(find_checkpoint(resume_run_id, tracker.uri))
-        _check_resume_spec(spec, state["spec"])
+        _check_resume_spec(spec, state["spec"], registries)
     run_id = tracker.start(spec.experiment, run_name=run_name or naming.run_name(spec), run_id=resume_run_id,
                            system_metrics=spec.tracking.system_metrics, parent_run_id=parent_run_id)
     if runtime.world_size > 1:  # every rank files its checkpoint under rank 0's run id

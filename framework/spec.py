@@ -116,6 +116,7 @@ class Spec:
     resolved: dict  # the fully resolved spec (no extends/smoke/grid keys), every default filled in
     smoke: bool = False
     grid: bool = False  # the spec has a grid: block (python -m framework run sweeps it)
+    sets: tuple[str, ...] = ()  # the --set items applied to the file (run names show what they change)
 
     @property
     def sha256(self) -> str:
@@ -470,7 +471,7 @@ def load_spec(path: str | Path, registries: Mapping[str, Registry], sets: list[s
               smoke: bool = False) -> Spec:
     """Resolve and validate a spec file in one call."""
     data, origins = resolve(path, sets, smoke)
-    return validate(data, registries, str(path), origins, smoke)
+    return dataclasses.replace(validate(data, registries, str(path), origins, smoke), sets=tuple(sets))
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:

@@ -228,6 +228,22 @@ def test_resume_uses_the_stored_spec_and_allows_only_train_steps(registries, cap
     assert "is not read again" in capsys.readouterr().out
 
 
+def test_a_checkpoint_from_before_defaults_were_recorded_still_resumes(registries):
+    """Checkpoints written before the resolved spec filled in plugin defaults store the spec as written; resuming
+    one with the same file must not count every default as a change."""
+    from framework.spec import resolve
+
+    spec = load_spec(SPEC, registries, smoke=True, sets=["tracking.system_metrics=false"])
+    first = run(spec, registries, log=lambda m: None)
+    path = first.run_dir / "checkpoint.pt"
+    state = checkpoint.load(path)
+    state["spec"], _ = resolve(SPEC, ["tracking.system_metrics=false"], smoke=True)  # no defaults filled in
+    assert state["spec"] != spec.resolved
+    checkpoint.save(path, state)
+    longer = load_spec(SPEC, registries, smoke=True, sets=["tracking.system_metrics=false", "train.steps=8"])
+    assert run(longer, registries, resume_run_id=first.run_id, log=lambda m: None).step == 8
+
+
 def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(registries):
     spec = load_spec(SPEC, registries, smoke=True, sets=[
         "model.name=nan_gan", "train.steps=10", "train.log_every=1", "train.checkpoint_every=4",
