@@ -80,7 +80,7 @@ def cmd_run(args) -> int:
         print(f"  {k} = {v:.6g}")
     uri = tracking_uri(args.tracking_uri)
     print(f"  compare runs in the MLflow UI: python -m framework ui" +
-          ("" if uri == "sqlite:///mlflow.db" else f" --tracking-uri {uri}") + "  (then open http://127.0.0.1:5000)")
+          ("" if uri == "sqlite:///mlflow.db" else f" --tracking-uri {uri}") + "  (then open the runs link it prints)")
     return 0 if result.status == "FINISHED" else 1
 
 
