@@ -30,8 +30,8 @@ Each run writes its metrics and tags to ``runs/<run_id>/energy.json``; ``python 
 (or ``--last``) prints them as labelled lines (what ``make demo`` ends with).
 
 Deliberately not here: no network (codecarbon's table ships with the package), no power-supply losses or
-data-centre PUE, no share of the machine's idle power. A resumed run is metered from its resume on: its
-energy metrics cover that segment, not the run's whole history.
+data-centre PUE, no share of the machine's idle power. A resumed run continues the totals its checkpoint
+holds (:meth:`EnergyMeter.state_dict`); what a killed session spent after its last checkpoint is not counted.
 """
 
 from __future__ import annotations
@@ -393,6 +393,17 @@ class EnergyMeter:
         """Count ``n`` items generated in the current phase (J per item and per second of audio)."""
         if self.phase is not None:
             self.items[self.phase] = self.items.get(self.phase, 0) + n
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps, so a resumed run's totals include its earlier sessions (attribute the running
+        phase first: :meth:`switch` to the same phase)."""
+        return {"joules": [[phase, key, j] for (phase, key), j in self.joules.items()], "items": dict(self.items)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from an earlier session's totals (a kill -9'd session's energy after its last checkpoint is
+        not counted: those steps run again, and count then)."""
+        self.joules = {(phase, key): float(j) for phase, key, j in state["joules"]}
+        self.items = {k: int(v) for k, v in state["items"].items()}
 
     def tags(self) -> dict[str, str]:
         estimated = sorted(s.name for s in self.sources if s.reader is not None and s.estimated)

@@ -169,9 +169,11 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.rt.is_main:
             return
+        self.energy.switch(self.energy.phase)  # the energy so far is attributed, so the checkpoint holds it
         try:
             checkpoint.save(self.checkpoint_path, {
                 "step": self.step, "consumed": self.consumed, "spec": self.spec.resolved, "run_s": self.run_s,
+                "energy": self.energy.state_dict(),
                 "run_id": self.tracker.run_id, "model": self.c.model.checkpoint_state(),
                 "rng": checkpoint.rng_state(),
                 "data_info": {**dataclasses.asdict(self.c.dataset.info), "tags": dict(self.c.dataset.info.tags)}})
@@ -192,6 +194,9 @@ class Trainer:
         self.step, self.consumed = int(state["step"]), int(state["consumed"])
         # a kill -9'd session's time after its last checkpoint is not counted: those steps run again, and count then
         self.run_s_before = state.get("run_s")
+        if "energy" in state:  # checkpoints before this have none: the run is then metered from its resume on
+            self.energy.load_state_dict(state["energy"])
+            self.generated = sum(self.energy.items.values())
         self.saved_step = self.step
 
     # ------------------------------------------------------------------------------------- phases

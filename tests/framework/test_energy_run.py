@@ -49,3 +49,19 @@ def test_generate_prints_energy_per_second_of_audio(smoke_run, tmp_path, capsys)
     out = capsys.readouterr().out
     assert "generation:" in out and "J per generated second of audio, estimated" in out
     assert "per sample (" in out
+
+
+def test_a_resumed_run_continues_the_energy_its_checkpoint_holds():
+    """8 steps, then a resume to 9: the run's train energy must include the first session's 8 steps (before,
+    the resumed segment's one step replaced them)."""
+    sets = ["tracking.system_metrics=false", "train.steps=8", "train.eval_every=0", "train.sample_every=0"]
+    first = run(load_spec(SPEC, REGISTRIES, smoke=True, sets=sets), REGISTRIES, log=lambda m: None)
+    held = checkpoint.load(first.run_dir / "checkpoint.pt")["energy"]
+    train_j = sum(j for phase, _, j in held["joules"] if phase == "train")
+    assert train_j > 0 and held["items"]
+    longer = load_spec(SPEC, REGISTRIES, smoke=True, sets=sets[:-3] + ["train.steps=9", "train.eval_every=0",
+                                                                       "train.sample_every=0"])
+    resumed = run(longer, REGISTRIES, resume_run_id=first.run_id, log=lambda m: None)
+    m = resumed.metrics
+    assert m["energy/train_total_j"] > train_j
+    assert m["perf/generated_items"] > first.metrics["perf/generated_items"]
