@@ -75,7 +75,9 @@ def cmd_run(args) -> int:
 
     print(f"\nrun {result.run_id}: {result.status} after {result.step} steps")
     print(f"  samples, plots, checkpoint: {result.run_dir}/")
-    shown = {k: v for k, v in result.metrics.items() if k.startswith(("eval/", "energy/"))}
+    # the energy summary (per phase, labelled measured/estimated) was printed by the runner: totals only here
+    shown = {k: v for k, v in result.metrics.items()
+             if k.startswith("eval/") or k in ("energy/total_kwh", "energy/co2e_kg")}
     for k, v in shown.items():
         print(f"  {k} = {v:.6g}")
     uri = tracking_uri(args.tracking_uri)
