@@ -198,19 +198,27 @@ def stage_data(check: Check) -> dict:
     return {"data": spec.dataset.name, "params": {k: str(v) for k, v in vars(spec.dataset.params).items()}}
 
 
+def train_spec(check: Check, spec_path: str, steps: int, extra: list[str]):
+    """The spec a training stage runs: the spec's smoke overlay, or the spec on the check's data for ``steps``
+    steps with evaluation and samples only at the end and no intermediate checkpoints."""
+    from framework.spec import load_spec
+
+    if check.smoke:
+        return load_spec(spec_path, check.registries, sets=["tracking.system_metrics=false"], smoke=True)
+    sets = _data_sets(check) + _synthetic_samples(check, spec_path) + extra + [
+        f"train.steps={steps}", "train.eval_every=0", "train.sample_every=0", "train.eval_at_start=false",
+        "train.checkpoint_every=0", "tracking.log_checkpoint=false", "train.num_workers=4"]
+    return load_spec(spec_path, check.registries, sets=sets)
+
+
 def _train(check: Check, spec_path: str, steps: int, extra: list[str]) -> dict:
     from framework.runner import run
-    from framework.spec import load_spec
 
     data = check.stage("data").get("status")
     if data != "ok":
         raise (_Skip if data == "skipped" else FrameworkError)(
             f"the data stage is {data}; train on tones instead with --data synthetic")
-    sets = ["tracking.system_metrics=false"] if check.smoke else \
-        _data_sets(check) + extra + [f"train.steps={steps}", "train.eval_every=0", "train.sample_every=0",
-                                     "train.eval_at_start=false", "train.checkpoint_every=0",
-                                     "tracking.log_checkpoint=false", "train.num_workers=4"]
-    spec = load_spec(spec_path, check.registries, sets=sets, smoke=check.smoke)
+    spec = train_spec(check, spec_path, steps, extra)
     os.environ.setdefault("FRAMEWORK_RUNS_DIR", str(check.work / "runs"))
     t0 = time.perf_counter()
     result = run(spec, check.registries, tracking_uri=check.tracking_uri, device=str(check.device),
@@ -229,8 +237,16 @@ def _train(check: Check, spec_path: str, steps: int, extra: list[str]) -> dict:
 
 
 def stage_train_small(check: Check) -> dict:
-    synthetic = ["dataset.params.samples=65472"] if check.data == "synthetic" else []
-    return _train(check, SMALL_SPEC, SMALL_STEPS, synthetic)
+    return _train(check, SMALL_SPEC, SMALL_STEPS, [])
+
+
+def _synthetic_samples(check: Check, spec_path: str) -> list[str]:
+    """Synthetic items as long as the spec's piano windows (the representation's shape follows from them)."""
+    if check.data != "synthetic":
+        return []
+    from framework.spec import load_spec
+
+    return [f"dataset.params.samples={load_spec(spec_path, check.registries).dataset.params.window_samples}"]
 
 
 def stage_train_5s(check: Check) -> dict:
@@ -238,8 +254,7 @@ def stage_train_5s(check: Check) -> dict:
     steps = min(STEPS_5S, int((check.left() - RUN_OVERHEAD_S - RESERVE_S) / s_per_step))
     if steps < 20 and not check.smoke:
         raise _Skip(f"{steps} steps of {s_per_step:.2f} s would fit in the {check.left():.0f} s left")
-    synthetic = ["dataset.params.samples=130944"] if check.data == "synthetic" else []
-    return _train(check, SPEC_5S, steps, synthetic + ["train.eval_samples=8", "train.samples=1"])
+    return _train(check, SPEC_5S, steps, ["train.eval_samples=8", "train.samples=1"])
 
 
 def _measured_s_per_step(check: Check, stage: str, variant: str) -> float | None:

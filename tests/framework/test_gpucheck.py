@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.gpucheck import STAGES, run_gpu_check
+from framework.gpucheck import SMALL_SPEC, SPEC_5S, STAGES, Check, run_gpu_check, train_spec
 from framework.plugin_manager import collect_registries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,3 +97,18 @@ def test_sigterm_stops_the_stage_in_progress_and_keeps_what_was_written(tmp_path
     assert proc.returncode == 1, err[-3000:]
     assert st["env"]["status"] == "ok" and st["tests"]["status"] == "interrupted" and list(st) == ["env", "tests"]
     assert "## tests: interrupted" in (tmp_path / "out" / "gpu_check.md").read_text()
+
+
+@pytest.mark.parametrize("data", ["piano", "synthetic"])
+def test_the_gpu_runs_specs_are_valid_for_both_data_choices(tmp_path, data):
+    # the non-smoke training stages only run on a GPU: their specs are checked here, where they are built
+    check = Check(collect_registries(), out=tmp_path, work=tmp_path / "work", minutes=8, smoke=False, data=data,
+                  device=torch.device("cpu"), tracking_uri=None)
+    for path, window in ((SMALL_SPEC, 65472), (SPEC_5S, 130944)):
+        spec = train_spec(check, path, 123, [])
+        assert spec.train.steps == 123 and spec.train.eval_every == 0 and not spec.tracking.log_checkpoint
+        p = spec.dataset.params
+        if data == "piano":
+            assert p.root == f"{(tmp_path / 'work').resolve()}/data/piano" and p.window_samples == window
+        else:
+            assert spec.dataset.name == "synthetic_audio" and p.samples == window and p.size == 256
