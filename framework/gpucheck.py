@@ -212,9 +212,10 @@ def train_spec(check: Check, spec_path: str, steps: int, extra: list[str]):
 
     if check.smoke:
         return load_spec(spec_path, check.registries, sets=["tracking.system_metrics=false"], smoke=True)
+    workers = min(4, os.cpu_count() or 1)
     sets = _data_sets(check) + _synthetic_samples(check, spec_path) + extra + [
         f"train.steps={steps}", "train.eval_every=0", "train.sample_every=0", "train.eval_at_start=false",
-        "train.checkpoint_every=0", "tracking.log_checkpoint=false", "train.num_workers=4"]
+        "train.checkpoint_every=0", "tracking.log_checkpoint=false", f"train.num_workers={workers}"]
     return load_spec(spec_path, check.registries, sets=sets)
 
 

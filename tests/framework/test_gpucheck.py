@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.gpucheck import SMALL_SPEC, SPEC_5S, STAGES, Check, run_gpu_check, train_spec
+from framework.gpucheck import SMALL_SPEC, SPEC_5S, STAGES, Check, _train, run_gpu_check, stage_data, train_spec
 from framework.plugin_manager import collect_registries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,3 +112,14 @@ def test_the_gpu_runs_specs_are_valid_for_both_data_choices(tmp_path, data):
             assert p.root == f"{(tmp_path / 'work').resolve()}/data/piano" and p.window_samples == window
         else:
             assert spec.dataset.name == "synthetic_audio" and p.samples == window and p.size == 256
+
+
+def test_a_gpu_training_stage_runs_through_the_runner_on_cpu_with_synthetic_data(tmp_path):
+    # what train_small runs on a GPU (the spec's real model, not its smoke overlay), cut to 2 steps
+    check = Check(collect_registries(), out=tmp_path, work=tmp_path / "work", minutes=8, smoke=False,
+                  data="synthetic", device=torch.device("cpu"), tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    check.summary["stages"]["data"] = {"status": "ok", **stage_data(check)}
+    r = _train(check, SMALL_SPEC, 2, ["train.eval_samples=2", "train.samples=1"])
+    assert r["run_status"] == "FINISHED" and r["steps"] == 2 and r["batch"] == 4 and r["steps_per_s"] > 0
+    assert r["j_per_step"] is None and r["energy_source"].startswith("not measured")
+    assert {"train/d/gp", "train/g/adv"} <= set(r["final"])
