@@ -37,5 +37,11 @@ demo: soundfont install
 test: install
 	$(PY) -m pytest -q
 
+# On a CUDA machine: every GPU check and timing in one command (framework/gpucheck.py); GPU_CHECK_ARGS=--smoke on a CPU.
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check: install
+	$(PY) -m framework gpu-check --out outputs/gpu_check $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -155,6 +155,13 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_gpu_check(args) -> int:
+    from framework.gpucheck import run_gpu_check
+
+    return run_gpu_check(_registries(), out=Path(args.out), work=Path(args.work) if args.work else None,
+                         minutes=args.minutes, smoke=args.smoke, data=args.data, tracking_uri=args.tracking_uri)
+
+
 def build_parser(commands=None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m framework", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Train, compare and inspect experiments (YAML specs, MLflow runs).",
@@ -218,6 +225,17 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     b.add_argument("--smoke", action="store_true", help="apply the spec's smoke: overlay (checks the command only)")
     b.add_argument("--out", help="write the results as JSON here")
     b.set_defaults(func=cmd_bench)
+
+    gc = sub.add_parser("gpu-check", help="check and time everything GPU-specific in one command (CUDA machine)")
+    gc.add_argument("--minutes", type=float, default=8.0, help="budget of the whole check; stages that would not "
+                    "fit are skipped (default 8)")
+    gc.add_argument("--out", default="outputs/gpu_check", help="gpu_check.json + .md and the bench JSONs go here")
+    gc.add_argument("--work", help="data, runs and the MLflow store (default: $TMPDIR/framework-gpu-check)")
+    gc.add_argument("--data", choices=("piano", "synthetic"), default="piano",
+                    help="training data: a small rendered piano set (needs music21) or synthetic tones")
+    gc.add_argument("--tracking-uri", help="MLflow store (default: sqlite in --work)")
+    gc.add_argument("--smoke", action="store_true", help="every stage on the CPU with tiny models (what CI runs)")
+    gc.set_defaults(func=cmd_gpu_check)
 
     g = sub.add_parser("generate", help="generate samples from a trained run or checkpoint")
     src = g.add_mutually_exclusive_group(required=True)

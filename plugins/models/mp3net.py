@@ -17,7 +17,8 @@ Keras graph's: 58,981,762 (G) and 59,088,225 (D) (tested). Width (``base_channel
 clip length (``blocks``) are Params, so the small variants of the tests and experiments are the same code.
 
 Training (spec §4): each ``train_step`` is one critic update; after every ``n_critic``-th one, one generator
-update; Adam(1e-4, (0.5, 0.9), eps 1e-7) for both, no schedule. The loss plugin supplies the terms (MP3net:
+update; Adam(1e-4, (0.5, 0.9), eps 1e-7) for both, no schedule (the 95 s model); ``late_beta1`` sets Adam's beta1
+from critic iteration ``late_beta1_from`` on, as the paper's 5 s model (§4.2.2: 0 for the last 18,000 of 160,000). The loss plugin supplies the terms (MP3net:
 ``wgan_gp`` weighted d/gp 3.0 and d/drift 0.1) and the representation's ``critic_view`` what the critic sees of
 reals and fakes alike (``mdct_psy``: threshold-scaled noise, gradients not stopped through the fakes' threshold).
 
@@ -315,6 +316,8 @@ class Mp3Net(Model):
         init: str = "glorot"  # kernels: "glorot" (the paper), "he" (G and D), "he_critic" (D only); see he_uniform_
         ema: float = 0.0  # decay of a generator-weight average that sample() uses (0: off, the paper; averaging.py)
         g_norm: str = "none"  # "none" (the paper) | "batch": BatchNorm2d before every activation of G (Generator)
+        late_beta1: Optional[float] = None  # Adam beta1 of G and D from step late_beta1_from on (None: betas[0] always)
+        late_beta1_from: int = 0  # critic iteration where late_beta1 starts (the 5 s model: 142,000 of 160,000)
 
     def __init__(self, params: "Mp3Net.Params", *, representation: Representation, loss: Loss,
                  data_info: DataInfo, runtime: Runtime):
@@ -325,6 +328,9 @@ class Mp3Net(Model):
             raise ValueError(f"model.params.g_norm must be 'none' (the paper) or 'batch', got {params.g_norm!r}")
         if params.init not in ("glorot", "he", "he_critic"):
             raise ValueError(f"model.params.init must be 'glorot' (the paper), 'he' or 'he_critic', got {params.init!r}")
+        if params.late_beta1 is not None and not (0.0 <= params.late_beta1 < 1.0 and params.late_beta1_from >= 0):
+            raise ValueError(f"model.params.late_beta1 must be in [0, 1) and late_beta1_from >= 0, got "
+                             f"{params.late_beta1} from {params.late_beta1_from}; or late_beta1: null (no schedule)")
         self.params, self.loss, self.rt = params, loss, runtime
         geo = Geometry.of(params)
         rep_shape = tuple(representation.shape)
@@ -398,6 +404,8 @@ class Mp3Net(Model):
         """One critic update on ``batch`` (B, C, N, K); after every ``n_critic``-th call ((step + 1) % n_critic == 0,
         i.e. after the critic's iteration count is incremented, as the original) one generator update."""
         b = batch.shape[0]
+        if self.params.late_beta1 is not None:
+            self._set_beta1(step)
         # ---- critic: minimise the d/ terms (MP3net: mean D(f~) - mean D(r~) + 3.0 GP + 0.1 mean D(r~)^2) ----
         with torch.no_grad():
             fake = self._generate(b)  # (B, C, N, K)
@@ -422,6 +430,14 @@ class Mp3Net(Model):
             if self.generator_ema is not None:
                 update_average_(self.generator_ema, self.generator, self.params.ema, step)
         return {k: v.detach() for k, v in out.items()}
+
+    def _set_beta1(self, step: int) -> None:
+        """Adam's beta1 for this step: a function of the step alone, so a resumed run continues the schedule."""
+        p = self.params
+        beta1 = p.late_beta1 if step >= p.late_beta1_from else p.betas[0]
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["betas"] = (beta1, group["betas"][1])
 
     # ---- inference ----
 
