@@ -10,6 +10,7 @@ runs it). The penalty's double backward runs eagerly by design (``Mp3Net._critic
 """
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -77,6 +78,10 @@ def test_compiled_training_step_equals_eager_aot_eager():
 # much larger activations) in their third digit, and Adam's first steps (~lr sign(gradient)) carry such
 # differences into the weights: g/adv differed by 3 % on CPU. In float64 rounding cannot explain a difference.
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("FRAMEWORK_INDUCTOR_CPU"),
+                    reason="inductor's first CPU compile of this step takes ~5 min on 2 cores (more than the whole "
+                           "suite's budget): set FRAMEWORK_INDUCTOR_CPU=1 to run it; the aot_eager test covers "
+                           "dynamo + AOTAutograd here, and gpu-check runs the CUDA inductor test")
 def test_compiled_training_step_equals_eager_inductor_cpu():
     eager = losses(Runtime(), dtype=torch.float64)
     assert_close(losses(BackendRuntime(compile=True), dtype=torch.float64), eager, rtol=1e-8)
