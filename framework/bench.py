@@ -153,13 +153,18 @@ def run_bench(target: str, registries, *, variants: list[str], sets: list[str], 
     results = {"spec": spec_path, "smoke": smoke,
                "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu,
                "torch": torch.__version__, "steps": steps, "warmup": warmup, "repeats": repeats, "variants": {}}
-    for text in variants or preset or ["default:"]:
-        name, vsets = parse_variant(text)
-        spec = load_spec(spec_path, registries, sets=list(sets) + vsets, smoke=smoke)
-        b = batch or spec.train.batch_size
-        what = f"batch {b}" if steps else f"generation only, batch {gen_batch}"
-        print(f"bench {name}: {what}, {', '.join(vsets) or 'spec as is'}", flush=True)
-        results["variants"][name] = {"sets": vsets, **bench_variant(spec, dev, b, steps, warmup, repeats, gen_batch)}
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        for text in variants or preset or ["default:"]:
+            name, vsets = parse_variant(text)
+            spec = load_spec(spec_path, registries, sets=list(sets) + vsets, smoke=smoke)
+            b = batch or spec.train.batch_size
+            what = f"batch {b}" if steps else f"generation only, batch {gen_batch}"
+            print(f"bench {name}: {what}, {', '.join(vsets) or 'spec as is'}", flush=True)
+            results["variants"][name] = {"sets": vsets,
+                                         **bench_variant(spec, dev, b, steps, warmup, repeats, gen_batch)}
+    finally:  # bench_variant times plain fp32 without TF32; whatever runs after bench in this process gets its own
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     _print_table(results)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -165,12 +165,8 @@ def _bench(check: Check, target: str, name: str, variants: list[str], batch: int
 
     sizes = dict(batch=None, steps=1, warmup=0, repeats=1, gen_batch=1) if check.smoke else \
         dict(batch=batch, steps=3, warmup=2, repeats=2, gen_batch=8)
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    try:
-        res = run_bench(target, check.registries, variants=variants, sets=[], device=str(check.device),
-                        out=check.out / f"{name}.json", smoke=check.smoke, **sizes)
-    finally:  # bench's naive variant turns TF32 off for the process; the training stages get the defaults back
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    res = run_bench(target, check.registries, variants=variants, sets=[], device=str(check.device),
+                    out=check.out / f"{name}.json", smoke=check.smoke, **sizes)
     return {"spec": res["spec"], "device": res["device"], "variants": res["variants"]}
 
 

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -50,3 +53,16 @@ def test_bench_times_a_class_conditional_model_with_labels(tmp_path):
     res = json.loads((tmp_path / "c.json").read_text())["variants"]
     assert res["cond"]["finite"] and res["uncond"]["finite"]
     assert res["cond"]["params"] > res["uncond"]["params"]  # the class embedding and the one-hot inputs
+
+
+@pytest.mark.gpu
+def test_bench_gives_the_process_its_tf32_settings_back():
+    """bench times plain fp32 (TF32 off); a training run after it in the same process (gpu-check) must not
+    inherit that."""
+    from framework.bench import run_bench
+    from framework.plugin_manager import collect_registries
+
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
+    run_bench(str(ROOT / "experiments/mp3net_piano_small.yaml"), collect_registries(), variants=[], sets=[],
+              batch=None, steps=1, warmup=0, repeats=1, device="cuda", out=None, gen_batch=1, smoke=True)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
