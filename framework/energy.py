@@ -225,7 +225,10 @@ def codecarbon_watts_per_cpu(model: str) -> tuple[float | None, str]:
     import psutil
 
     table = f"TDP table of codecarbon {codecarbon.__version__}"
-    tdp = TDP.__new__(TDP)._get_cpu_power_from_registry(model)  # the lookup alone, not TDP()'s own detection
+    try:  # the lookup alone, not TDP()'s own detection; a private method, so a codecarbon change must not crash
+        tdp = TDP.__new__(TDP)._get_cpu_power_from_registry(model)
+    except Exception as exc:
+        return None, f"the {table} could not be read ({type(exc).__name__}: {exc})"
     if not tdp:
         return None, f"'{model}' is not in the {table}"
     sockets, cpus = count_physical_cpus(), psutil.cpu_count() or 1
@@ -394,6 +397,11 @@ class EnergyMeter:
         if self.phase is not None:
             self.items[self.phase] = self.items.get(self.phase, 0) + n
 
+    @property
+    def generated_items(self) -> int:
+        """Items generated in every phase so far (``perf/generated_items``)."""
+        return sum(self.items.values())
+
     def state_dict(self) -> dict:
         """What a checkpoint keeps, so a resumed run's totals include its earlier sessions (attribute the running
         phase first: :meth:`switch` to the same phase)."""
@@ -456,6 +464,13 @@ def kind_label(keys: Iterable[str]) -> str:
     return "estimated" if len(est) == len(keys) else f"partly estimated ({', '.join(est)})"
 
 
+def kwh_parts(metrics: dict[str, float]) -> dict[str, float]:
+    """kWh per source key (``gpu``, ``cpu_estimated``, ...) of a run's metrics; ``energy/total_kwh`` is their
+    sum, not a part."""
+    return {k.removeprefix("energy/").removesuffix("_kwh"): v for k, v in metrics.items()
+            if k.startswith("energy/") and k.endswith("_kwh") and k != "energy/total_kwh"}
+
+
 def _phase_parts(metrics: dict[str, float], phase: str) -> list[str]:
     """The source keys of ``phase``'s per-source metrics (``energy/train_cpu_estimated_j`` -> ``cpu_estimated``)."""
     prefix = f"energy/{phase}_"
@@ -477,11 +492,9 @@ def summary(metrics: dict[str, float], tags: dict[str, str]) -> list[str]:
             lines.append(f"  {phase + ':':<11} {per:.4g} J per generated {unit}, "
                          f"{kind_label(_phase_parts(metrics, phase))}")
     if "energy/co2e_kg" in metrics:
-        parts = [k.removeprefix("energy/").removesuffix("_kwh") for k in metrics
-                 if k.startswith("energy/") and k.endswith("_kwh") and k != "energy/total_kwh"]
-        grid = tags.get("energy.grid_gco2_per_kwh")
-        lines.append(f"  CO2e:       {metrics['energy/co2e_kg'] * 1000:.4g} g at {grid} g/kWh "
-                     f"({tags.get('energy.grid_source', 'energy.grid_gco2_per_kwh')}), {kind_label(parts)}")
+        grid, where = tags.get("energy.grid_gco2_per_kwh"), tags.get("energy.grid_source", "energy.grid_gco2_per_kwh")
+        lines.append(f"  CO2e:       {metrics['energy/co2e_kg'] * 1000:.4g} g at {grid} g/kWh ({where}), "
+                     f"{kind_label(kwh_parts(metrics))}")
     sources = sorted((k.removeprefix("energy.").removesuffix("_source"), v) for k, v in tags.items()
                      if k.startswith("energy.") and k.endswith("_source"))
     return lines + [f"  source {name}: {how}" for name, how in sources]

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from framework import artifacts
-from framework.energy import kind_label
+from framework.energy import kind_label, kwh_parts
 from framework.errors import FrameworkError, did_you_mean
 
 SKIP_KINDS = ("sweep", "report")  # reports made before they got their own experiment lived among the runs
@@ -77,20 +77,14 @@ def differing_params(rows: list[RunRow]) -> list[str]:
     return [k for k in keys if len({r.params.get(k) for r in rows}) > 1]
 
 
-def _energy_parts(metrics: dict[str, float]) -> dict[str, float]:
-    """kWh per source (``gpu``, ``cpu_estimated``, ...); ``energy/total_kwh`` is their sum, not a part."""
-    return {k.removeprefix("energy/").removesuffix("_kwh"): v for k, v in metrics.items()
-            if k.startswith("energy/") and k.endswith("_kwh") and k != "energy/total_kwh"}
-
-
 def _energy(metrics: dict[str, float]) -> float | None:
-    parts = _energy_parts(metrics)
+    parts = kwh_parts(metrics)
     return sum(parts.values()) if parts else None
 
 
 def _energy_kind(rows: list[RunRow]) -> str:
     """'measured', 'estimated' or 'partly estimated (...)' over the energy parts of all rows."""
-    return kind_label({k for r in rows for k in _energy_parts(r.metrics)})
+    return kind_label({k for r in rows for k in kwh_parts(r.metrics)})
 
 
 def _row(r) -> RunRow:

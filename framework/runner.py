@@ -148,7 +148,6 @@ class Trainer:
         self.consumed = 0  # global data positions consumed (all ranks)
         self.energy = EnergyMeter(runtime.device, spec.energy, seconds_per_item(comps.dataset.info))
         self.last_metrics: dict[str, float] = {}
-        self.generated = 0  # items generated for eval and samples (energy per generated item)
         # active time: seconds inside this process since the components were built, plus the earlier sessions'
         # from the checkpoint; None when resuming a checkpoint that predates it (the total is then unknown)
         self.run_s_before: float | None = 0.0
@@ -195,8 +194,7 @@ class Trainer:
         # a kill -9'd session's time after its last checkpoint is not counted: those steps run again, and count then
         self.run_s_before = state.get("run_s")
         if "energy" in state:  # checkpoints before this have none: the run is then metered from its resume on
-            self.energy.load_state_dict(state["energy"])
-            self.generated = sum(self.energy.items.values())
+            self.energy.load_state_dict(state["energy"])  # with the generated items
         self.saved_step = self.step
 
     # ------------------------------------------------------------------------------------- phases
@@ -232,7 +230,6 @@ class Trainer:
             for batch in eval_loader(self._data(self._eval_dataset), tr.batch_size, tr.eval_samples):
                 real, kw = self._unpack(batch)  # a conditional model draws for the reals' classes
                 fake = self.c.representation.decode(self.c.model.sample(real.shape[0], **kw).float())
-                self.generated += fake.shape[0]
                 self.energy.generated(fake.shape[0])
                 for m in self.c.metrics:
                     m.update(real, fake)
@@ -262,7 +259,6 @@ class Trainer:
                 pick = {"best": order[0], "median": order[len(order) // 2], "worst": order[-1]}
                 z, labels = z[torch.stack(list(pick.values()))], list(pick)
             x = self.c.representation.decode(z.float())
-            self.generated += z.shape[0]
             self.energy.generated(z.shape[0])
         paths = artifacts.save_samples(x, self.c.dataset.info, self.run_dir / "samples", f"step{self.step:07d}", labels,
                                        columns)
@@ -491,7 +487,7 @@ def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str 
     finally:
         if trainer is not None:
             trainer.energy.switch(None)
-            energy = trainer.energy.metrics() | {"perf/generated_items": float(trainer.generated)}
+            energy = trainer.energy.metrics() | {"perf/generated_items": float(trainer.energy.generated_items)}
             if trainer.run_s is not None:
                 energy["perf/run_s"] = trainer.run_s
             tracker.log_metrics(energy, trainer.step)
