@@ -181,8 +181,8 @@ def require_store(uri: str | None = None) -> str:
     """The tracking URI, once a local store there is known to exist: MLflow creates an empty store on first
     access, and a read (generate, resume) must never leave one behind. TrackingError names the store."""
     uri = tracking_uri(uri)
-    path = local_store(uri)
-    if path is not None and not path.exists():
+    path = _missing_store(uri)
+    if path is not None:
         raise TrackingError(f"the tracking store {uri} does not exist (no {path.resolve()}); point at the store "
                             f"the run was logged to with --tracking-uri URI or MLFLOW_TRACKING_URI, or run from the "
                             f"folder that holds it")
@@ -236,11 +236,11 @@ UI_START_S = 180  # MLflow's server takes ~5 s to answer on an idle machine, ~40
 
 def runs_page_urls(uri: str | None, base: str) -> list[tuple[str, str]]:
     """(experiment name, URL of its runs table in the machine-learning view) for every experiment with runs,
-    most recently created first. Reads nothing (and so creates no store) when a sqlite file does not exist."""
+    most recently created first. Reads nothing (and so creates no store) when a local store does not exist."""
     import mlflow
 
     uri = tracking_uri(uri)
-    if _missing_sqlite_file(uri):
+    if _missing_store(uri):
         return []
     client = mlflow.MlflowClient(uri)
     exps = sorted(client.search_experiments(), key=lambda e: e.creation_time or 0, reverse=True)
@@ -248,11 +248,10 @@ def runs_page_urls(uri: str | None, base: str) -> list[tuple[str, str]]:
             if client.search_runs([e.experiment_id], max_results=1)]
 
 
-def _missing_sqlite_file(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = Path(uri[len("sqlite:///"):])
-    return None if path.exists() else path
+def _missing_store(uri: str) -> Path | None:
+    """The local store (sqlite file, file-store folder) that ``uri`` names when it does not exist, else None."""
+    path = local_store(uri)
+    return path if path is not None and not path.exists() else None
 
 
 def _check_port_free(port: int) -> None:
@@ -315,7 +314,7 @@ def serve_ui(uri: str | None = None, port: int = 5000, log=functools.partial(pri
     the server's own."""
     uri = tracking_uri(uri)
     _check_port_free(port)
-    missing = _missing_sqlite_file(uri)
+    missing = _missing_store(uri)
     if missing:
         log(f"note: {missing} does not exist yet, so the UI starts empty (MLflow creates the file); pass "
             f"--tracking-uri or start from the folder where you ran `python -m framework run`")
