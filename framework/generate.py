@@ -23,8 +23,9 @@ from framework.runtime import Runtime, resolve_precision
 from framework.spec import validate
 
 
-def load_model(state: dict, device: str | None):
-    """(model, representation, data_info, spec) rebuilt from a loaded checkpoint."""
+def load_model(state: dict, device: str | None, *, weights: bool = True):
+    """(model, representation, data_info, spec, runtime) rebuilt from a loaded checkpoint; ``weights=False``
+    keeps the model as initialised from the spec's seed (the run's untrained model)."""
     from framework.plugin_manager import collect_registries
 
     if "data_info" not in state:
@@ -33,10 +34,13 @@ def load_model(state: dict, device: str | None):
     dev = choose_device(device or "auto")
     runtime = Runtime(device=dev, precision=resolve_precision(spec.train.precision, dev))
     info = DataInfo(**state["data_info"])
+    if not weights:
+        seed_everything(spec.seed)  # as the runner does before it builds the components
     rep = _construct(spec.representation, "representation", data_info=info).to(dev)
     loss = _construct(spec.loss, "loss", weights=spec.loss.weights)
     model = _construct(spec.model, "model", representation=rep, loss=loss, data_info=info, runtime=runtime).to(dev)
-    model.load_checkpoint_state(state["model"])
+    if weights:
+        model.load_checkpoint_state(state["model"])
     model.eval()
     return model, rep, info, spec, runtime
 

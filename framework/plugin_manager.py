@@ -40,6 +40,7 @@ BUILTIN_MODULES = (
     "plugins.metrics.basic",
     "plugins.metrics.mnist_classifier",
     "plugins.metrics.audio",
+    "plugins.metrics.notes",
 )
 
 

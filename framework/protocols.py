@@ -186,10 +186,14 @@ class Metric(ABC):
 
     Built as ``cls(params, representation=repr, data_info=info, runtime=runtime)``. ``update`` gets a
     real and a generated batch, both ``(B, *data_info.shape)`` on ``runtime.device``; ``compute``
-    returns named floats, logged as ``eval/<name>``.
+    returns named floats, logged as ``eval/<name>``. ``tags`` (optional) returns provenance strings logged as
+    MLflow tags of the run, e.g. which trained judge network the metric's numbers come from.
     """
 
     Params: ClassVar[type]
+
+    def tags(self) -> dict[str, str]:
+        return {}
 
     @abstractmethod
     def update(self, real: Tensor, fake: Tensor) -> None: ...

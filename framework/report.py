@@ -37,7 +37,8 @@ from framework.errors import FrameworkError, did_you_mean
 
 SKIP_KINDS = ("sweep", "report")  # reports made before they got their own experiment lived among the runs
 # quality metrics in order of preference for the default: distances to the real data first, then scores
-PREFERRED_METRICS = ("eval/fid_mnist", "eval/frechet_mdct", "eval/is_mnist", "eval/moments/std_diff")
+PREFERRED_METRICS = ("eval/fid_mnist", "eval/frechet_transcriber", "eval/frechet_mdct", "eval/is_mnist",
+                     "eval/moments/std_diff")
 ACTIVE_TIME = "perf/run_s"
 
 

@@ -106,6 +106,8 @@ def run_tags(spec: Spec, comps: Components, runtime: Runtime, registries) -> dic
         entry = registries[kind].get(block.name)
         tags[f"plugin.{kind}.{block.name}"] = f"{entry.module} ({entry.distribution})"
     tags.update({str(k): str(v) for k, v in comps.dataset.info.tags.items()})
+    for m in comps.metrics:  # tags() is optional for metrics that do not subclass Metric
+        tags.update({str(k): str(v) for k, v in (m.tags() if hasattr(m, "tags") else {}).items()})
     return tags
 
 

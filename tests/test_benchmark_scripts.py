@@ -67,3 +67,20 @@ def test_regression_fit_lowers_the_error_of_a_smoke_generator(smoke_checkpoint, 
     import torch
     saved = torch.load(tmp_path / "fit.pt")
     assert saved["fit"].shape == saved["target"].shape and saved["fit"].dim() == 4
+
+
+def test_transcriber_yardstick_on_the_smoke_recipe(smoke_checkpoint, tmp_path):
+    import json
+
+    out = script("benchmarks/transcriber_yardstick.py", "--checkpoint", str(smoke_checkpoint), "--root",
+                 "data/transcriber_smoke", "--recipe", "smoke", "--clips", "4", "--samples", "8160", "--repeats", "2",
+                 "--out", str(tmp_path))
+    data = json.loads((tmp_path / "yardstick.json").read_text())
+    assert list(data["runs"]) == ["real", "noise 20 dB", "noise 10 dB", "low-pass 2 kHz", "pitch +1", "trained G",
+                                  "untrained G", "piano-shaped noise", "silence", "real, from its MIDI"]
+    assert all(len(r) == 2 for r in data["runs"].values())  # one result per repeat
+    scored = [r for name, rs in data["runs"].items() if name != "real, from its MIDI" for r in rs]
+    assert all(0 <= r["frechet_transcriber"] < float("inf") and 0 <= r["notes_pitch_class_distance"] <= 1
+               for r in scored)
+    assert all(r["notes_per_s_fake"] > 0 for r in data["runs"]["real, from its MIDI"])  # the MIDI has notes
+    assert "| silence |" in out.stdout and (tmp_path / "yardstick.png").stat().st_size > 1000

@@ -71,12 +71,12 @@ COMPOSERS = {"bach": "Johann Sebastian Bach", "beethoven": "Ludwig van Beethoven
              "Johannes Ciconia", "schoenberg": "Arnold Schoenberg", "webern": "Anton Webern"}
 DYNAMICS = {"pppp": 20, "ppp": 30, "pp": 40, "p": 55, "mp": 68, "mf": 80, "f": 95, "ff": 108, "fff": 118, "ffff": 124}
 CSV_COLUMNS = ("canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename",
-               "duration", "source", "license")
+               "duration", "source", "license", "audio_start_seconds")
 LICENSE = "music21 corpus: research use; commercial use may be restricted (music21/corpus/license.txt)"
 TAIL_SECONDS = 3.0  # rendered after the last key-off, so releases ring out before the silence trim
 SILENCE_DB = -60.0  # trim threshold relative to the piece's peak
 PEAK_DBFS = -1.0
-RENDER_VERSION = 2  # bump when rendering changes, so resumed builds re-render
+RENDER_VERSION = 3  # bump when rendering changes, so resumed builds re-render (3: audio_start_seconds recorded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,8 +357,10 @@ def render_sampler(notes: np.ndarray, sample_rate: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- one piece
 
-def finish_audio(x: np.ndarray, sample_rate: int, min_seconds: float) -> np.ndarray:
-    """Trim below -60 dB of the peak at both ends, normalise the peak to -1 dBFS; ValueError if unusable."""
+def finish_audio(x: np.ndarray, sample_rate: int, min_seconds: float) -> tuple[np.ndarray, int]:
+    """Trim below -60 dB of the peak at both ends, normalise the peak to -1 dBFS; ValueError if unusable.
+    Returns the audio and the index of its first sample in ``x`` (the MIDI's time of the FLAC's first sample is
+    that over the rate: ``audio_start_seconds``)."""
     level = np.abs(x).max(0)
     peak = float(level.max()) if level.size else 0.0
     if peak < 1e-5:
@@ -367,7 +369,7 @@ def finish_audio(x: np.ndarray, sample_rate: int, min_seconds: float) -> np.ndar
     x = x[:, loud[0]:loud[-1] + 1] * np.float32(10 ** (PEAK_DBFS / 20) / peak)
     if x.shape[1] < min_seconds * sample_rate:
         raise ValueError(f"only {x.shape[1] / sample_rate:.1f} s of sound (< min_piece_seconds {min_seconds})")
-    return x
+    return x, int(loud[0])
 
 
 def render_piece(job: tuple) -> dict:
@@ -399,14 +401,14 @@ def render_piece(job: tuple) -> dict:
             raise ValueError(f"plays {notes[:, 1].max() / 60:.1f} min (> max_piece_minutes {max_minutes})")
         audio = (render_soundfont(notes, renderer.split(":", 1)[1], sample_rate) if renderer.startswith("tinysoundfont")
                  else render_sampler(notes, sample_rate))
-        audio = finish_audio(audio, sample_rate, min_seconds)
+        audio, start = finish_audio(audio, sample_rate, min_seconds)
         flac = root / "audio" / f"{cand.name}.flac"
         flac.parent.mkdir(parents=True, exist_ok=True)
         tmp = flac.with_name(f".{flac.name}.tmp")
         sf.write(str(tmp), audio.T, sample_rate, subtype="PCM_16", format="FLAC")
         os.replace(tmp, flac)
         row.update({"midi_filename": f"midi/{cand.name}.mid", "audio_filename": f"audio/{cand.name}.flac",
-                    "duration": round(audio.shape[1] / sample_rate, 3)})
+                    "duration": round(audio.shape[1] / sample_rate, 3), "audio_start_seconds": start / sample_rate})
     except Exception as exc:  # one broken score must not stop a 10 h build; it is listed in the manifest
         row["skipped"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     meta.parent.mkdir(parents=True, exist_ok=True)
@@ -506,11 +508,14 @@ def cache_config(params: Piano.Params) -> dict:
             "min_piece_seconds": params.min_piece_seconds, "max_piece_minutes": params.max_piece_minutes}
 
 
-def build(params: Piano.Params) -> str:
-    """Render ``params.hours`` of the corpus (resuming), write metadata.csv, convert into the cache."""
+def render_pieces(params: Piano.Params) -> tuple[list[dict], list[str], float]:
+    """Render (or find already rendered) the first ``params.hours`` of the render order into ``params.root``
+    (``audio/``, ``midi/``, ``meta/``): the pieces' rows (name, files, duration, metadata.csv columns and
+    split, in render order), the skipped scores (``"name: why"``) and the seconds rendered. Writes neither
+    metadata.csv nor the cache, so other users of the rendered pieces (the transcriber of
+    ``plugins/metrics/transcriber.py``) can share the renderer without building a dataset."""
     from tqdm.auto import tqdm
 
-    started = time.perf_counter()
     if importlib.util.find_spec("music21") is None:
         raise DataError("the piano dataset renders the music21 corpus: `pip install music21`")
     if params.hours <= 0:
@@ -541,6 +546,14 @@ def build(params: Piano.Params) -> str:
     if len(rows) < 3:
         raise DataError(f"{root}: only {len(rows)} piece(s) could be rendered (3 needed, one per split); "
                         f"first problems: {skipped[:3]}")
+    return rows, skipped, seconds
+
+
+def build(params: Piano.Params) -> str:
+    """Render ``params.hours`` of the corpus (resuming), write metadata.csv, convert into the cache."""
+    started = time.perf_counter()
+    rows, skipped, seconds = render_pieces(params)
+    root, renderer = Path(params.root), choose_renderer(params.renderer, params.soundfont)
     with open(root / ".metadata.csv.tmp", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()

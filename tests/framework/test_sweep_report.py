@@ -135,9 +135,12 @@ def test_default_metric_comes_from_the_runs(fake_store, tmp_path, capsys):
     add("a", {}, {"eval/moments/std_diff": 0.5, "eval/frechet_mdct": 5.0})
     md = report("fake", None, tmp_path / "out", uri=uri)["markdown"].read_text()
     assert md.startswith("# Report: eval/frechet_mdct against wall time")
-    assert "first of eval/fid_mnist, eval/frechet_mdct" in md and "metric: eval/frechet_mdct" in capsys.readouterr().out
+    assert "first of eval/fid_mnist, eval/frechet_transcriber, eval/frechet_mdct" in md
+    assert "metric: eval/frechet_mdct" in capsys.readouterr().out
     rows = collect("fake", uri)
     assert choose_metric(rows, None, "fake")[0] == "eval/frechet_mdct"
+    add("b", {}, {"eval/frechet_mdct": 4.0, "eval/frechet_transcriber": 9.0})  # the note-hearing distance wins
+    assert choose_metric(collect("fake", uri), None, "fake")[0] == "eval/frechet_transcriber"
     add("b", {}, {"eval/zeta": 1.0, "eval/alpha": 2.0})
     assert choose_metric([r for r in collect("fake", uri) if r.name == "b"], None, "fake")[0] == "eval/alpha"
     with pytest.raises(FrameworkError, match="no run of the experiment has an eval/\\* metric"):

