@@ -139,7 +139,7 @@ def test_default_metric_comes_from_the_runs(fake_store, tmp_path, capsys):
     assert "metric: eval/frechet_mdct" in capsys.readouterr().out
     rows = collect("fake", uri)
     assert choose_metric(rows, None, "fake")[0] == "eval/frechet_mdct"
-    add("b", {}, {"eval/frechet_mdct": 4.0, "eval/frechet_transcriber": 9.0})  # the note-hearing distance wins
+    add("c", {}, {"eval/frechet_mdct": 4.0, "eval/frechet_transcriber": 9.0})  # the note-hearing distance wins
     assert choose_metric(collect("fake", uri), None, "fake")[0] == "eval/frechet_transcriber"
     add("b", {}, {"eval/zeta": 1.0, "eval/alpha": 2.0})
     assert choose_metric([r for r in collect("fake", uri) if r.name == "b"], None, "fake")[0] == "eval/alpha"
