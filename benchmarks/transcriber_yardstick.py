@@ -2,7 +2,7 @@
 degraded versions of them, generators and noise, each scored against real reference clips, repeated over draws.
 
     python benchmarks/transcriber_yardstick.py --checkpoint runs/RUN/checkpoint.pt [--repeats 5] [--clips 16]
-        [--samples 65472] [--root data/transcriber] [--out outputs/yardstick]
+        [--samples 65472] [--root data/transcriber] [--out outputs/yardstick] [--space embedding|features]
 
 Reference set: ``--clips`` random windows of ``--samples`` samples (default: the demo's 16 clips of 2.97 s) from
 the validation split of the transcriber's own rendered piano set (``--root``; never trained on). Rows, each
@@ -21,7 +21,8 @@ compared with a fresh reference draw in every repeat (so the spread counts both 
 
 Printed: a markdown table of mean ± std (and relative std) over ``--repeats`` of ``frechet_transcriber``,
 ``frechet_mdct`` (for comparison), the generated side's note statistics and the pitch-class distance, plus
-whether the rows come in the expected order; written to ``--out``: ``yardstick.json`` and ``yardstick.png``
+whether the rows come in the expected order (and how many of the pairs of rows do); ``--space features``
+scores ``frechet_transcriber`` after the ReLU instead, for comparison; written to ``--out``: ``yardstick.json`` and ``yardstick.png``
 (``frechet_transcriber`` per row, log scale, error bars = std). docs/metrics.md quotes its output.
 """
 
@@ -53,7 +54,7 @@ def split_audio(root: Path, rows: list[dict], split: str) -> list[np.ndarray]:
 def render_shifted(root: Path, rows: list[dict], renderer: str, semitones: int) -> list[np.ndarray]:
     """The test pieces rendered from their MIDI ``semitones`` up, cut where the originals start (so a window at
     the same offset holds the same notes) and peak-normalised like them."""
-    from plugins.datasets.piano import PEAK_DBFS, midi_notes, render_sampler, render_soundfont
+    from plugins.datasets.piano import PEAK_DBFS, midi_notes, render_notes
 
     out = []
     for r in rows:
@@ -61,16 +62,16 @@ def render_shifted(root: Path, rows: list[dict], renderer: str, semitones: int) 
             continue
         notes = midi_notes((root / r["midi_filename"]).read_bytes())
         notes[:, 3] += semitones
-        audio = (render_soundfont(notes, renderer.split(":", 1)[1], tr.SAMPLE_RATE)
-                 if renderer.startswith("tinysoundfont") else render_sampler(notes, tr.SAMPLE_RATE))
+        audio = render_notes(notes, renderer, tr.SAMPLE_RATE)
         start = int(round(r["audio_start_seconds"] * tr.SAMPLE_RATE))
         audio = audio[:, start:start + int(round(r["duration"] * tr.SAMPLE_RATE))]
         out.append(audio * np.float32(10 ** (PEAK_DBFS / 20) / np.abs(audio).max()))
     return out
 
 
-def midi_rolls(root: Path, rows: list[dict]) -> list[np.ndarray]:
-    """The test pieces' piano rolls from their MIDI, bool ``(frames, 88)``, aligned with the FLACs."""
+def midi_rolls(root: Path, rows: list[dict], sounding: tr.Sounding) -> list[np.ndarray]:
+    """The test pieces' piano rolls of sounding notes (the transcriber's target) from their MIDI, bool
+    ``(frames, 88)``, aligned with the FLACs."""
     from plugins.common.audio_io import audio_info
     from plugins.datasets.piano import midi_notes
 
@@ -79,7 +80,7 @@ def midi_rolls(root: Path, rows: list[dict]) -> list[np.ndarray]:
         if r["split"] == "test":
             notes = midi_notes((root / r["midi_filename"]).read_bytes())
             notes[:, :2] -= r["audio_start_seconds"]
-            out.append(tr.piano_roll(notes, tr.frames_of(audio_info(root / r["audio_filename"])[2])))
+            out.append(tr.piano_roll(notes, tr.frames_of(audio_info(root / r["audio_filename"])[2]), sounding))
     return out
 
 
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=65472, help="samples per clip (the demo's window)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="outputs/yardstick")
+    ap.add_argument("--space", choices=("embedding", "features"), default="embedding",
+                    help="frechet_transcriber's space: the metric's (units before the ReLU) or, for comparison, "
+                         "the same units after it")
     args = ap.parse_args(argv)
     from framework.protocols import DataInfo
     from plugins.metrics.audio import FrechetMdct
@@ -171,13 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = meta["rows"]
     validation, test = split_audio(root, rows, "validation"), split_audio(root, rows, "test")
     shifted = render_shifted(root, rows, meta["renderer"], 1)
-    rolls = midi_rolls(root, rows)
+    rolls = midi_rolls(root, rows, tr.Sounding(meta["renderer"], meta["recipe"]["sounding_db"]))
     info = DataInfo(kind="audio", shape=(2, args.samples), sample_rate=tr.SAMPLE_RATE)
     runtime = type("R", (), {"device": torch.device("cpu")})()
     p = TranscriberParams(root=str(root), recipe=args.recipe)
     metrics = [FrechetTranscriber(p, data_info=info, runtime=runtime),
                NoteStats(NoteStats.Params(root=str(root), recipe=args.recipe), data_info=info, runtime=runtime),
                FrechetMdct(FrechetMdct.Params(), representation=None, data_info=info, runtime=runtime)]
+    if args.space == "features":  # this process's shared cached network; note_stats only calls forward()
+        net = metrics[0].judge.net
+        net.embedding = net.features
     gens = {}
     if args.checkpoint:
         for name, trained in (("trained G", True), ("untrained G", False)):
@@ -237,7 +244,10 @@ def report(results: dict[str, list[dict]], args, meta: dict, seconds: float) -> 
         means = [stats[n][key][0] for n in present]
         ok = all(a < b for a, b in zip(means, means[1:]))
         bad = [f"{a} >= {b}" for a, b, x, y in zip(present, present[1:], means, means[1:]) if x >= y]
-        print(f"\n{key}: expected order {'holds' if ok else 'broken: ' + '; '.join(bad)} over {' < '.join(present)}")
+        pairs = [(i, j) for i in range(len(means)) for j in range(i + 1, len(means))]
+        wrong = [f"{present[j]} < {present[i]}" for i, j in pairs if means[i] >= means[j]]
+        print(f"\n{key}: expected order {'holds' if ok else 'broken: ' + '; '.join(bad)} over {' < '.join(present)}"
+              f"; {len(pairs) - len(wrong)} of {len(pairs)} pairs in order" + (f" (not: {'; '.join(wrong)})" if wrong else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "yardstick.json").write_text(json.dumps({"args": vars(args), "transcriber": {k: meta[k] for k in (

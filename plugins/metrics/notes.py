@@ -1,9 +1,12 @@
 """Metrics that hear notes: ``frechet_transcriber`` and ``note_stats``, both on the piano transcription network of
 ``transcriber.py`` (trained once on the rendered piano set's MIDI, cached, the same judge for every run).
 
-``frechet_transcriber``: every frame (23.3 ms) of every item gives one feature vector, the transcriber's 256
-penultimate ReLU units; the metric is the Fréchet distance between the Gaussian fits of the real and the
-generated frames (FAD's construction, Kilgour et al. 2019, with our own network in place of VGGish). Beside
+``frechet_transcriber``: every frame (23.3 ms) of every item gives one vector, the transcriber's 256 penultimate
+units before their ReLU (:meth:`Transcriber.embedding`); the metric is the Fréchet distance between the Gaussian
+fits of the real and the generated frames (FAD's construction, Kilgour et al. 2019, with our own network in
+place of VGGish). Before the ReLU, because the ReLU maps every input without piano notes to nearly the same
+point: after it, silence, piano-shaped noise and both demo generators all scored within a third of each other,
+while the pre-activations still say how far from piano an input is (docs/metrics.md, "Validation"). Beside
 it, ``frechet_transcriber_real_floor``: the same distance between two halves of the real items (alternating
 items), the value real audio itself reaches with half as many frames. Lower is better; 0 only for identical
 statistics.
@@ -82,9 +85,9 @@ class _Judge:
         return x
 
     @torch.no_grad()
-    def features(self, x: Tensor) -> Tensor:  # (B, C, T) -> (B, frames, 256)
+    def embedding(self, x: Tensor) -> Tensor:  # (B, C, T) -> (B, frames, 256)
         with no_autocast():
-            return self.net.features(self.audio(x))
+            return self.net.embedding(self.audio(x))
 
     @torch.no_grad()
     def roll(self, x: Tensor, threshold: float) -> Tensor:  # (B, C, T) -> bool (B, frames, 88)
@@ -109,9 +112,9 @@ class FrechetTranscriber(Metric):
         self._items = 0
 
     def update(self, real: Tensor, fake: Tensor) -> None:
-        fr = self.judge.features(real)  # (B, frames, 256)
+        fr = self.judge.embedding(real)  # (B, frames, 256)
         self.real.add(fr.flatten(0, 1))
-        self.fake.add(self.judge.features(fake).flatten(0, 1))
+        self.fake.add(self.judge.embedding(fake).flatten(0, 1))
         for i in range(fr.shape[0]):  # alternate items between the two halves of the floor estimate
             self.real_halves[(self._items + i) % 2].add(fr[i])
         self._items += fr.shape[0]
