@@ -76,7 +76,8 @@ LICENSE = "music21 corpus: research use; commercial use may be restricted (music
 TAIL_SECONDS = 3.0  # rendered after the last key-off, so releases ring out before the silence trim
 SILENCE_DB = -60.0  # trim threshold relative to the piece's peak
 PEAK_DBFS = -1.0
-RENDER_VERSION = 3  # bump when rendering changes, so resumed builds re-render (3: audio_start_seconds recorded)
+RENDER_VERSION = 4  # bump when rendering changes, so resumed builds re-render (3: audio_start_seconds
+# recorded; 4: velocities are the dynamics' levels, no longer scaled by music21 a second time)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +180,9 @@ def score_to_midi(path: Path, midi_path: Path, seed: tuple[int, ...]) -> None:
                 level = DYNAMICS.get(str(el.value), level)
             else:
                 el.volume.velocity = int(np.clip(round(level + rng.normal(0.0, 6.0)), 16, 127))
+                # absolute: music21 otherwise scales it by the dynamic in context again (velocityIsRelative),
+                # which put f and ff at 127 and p at 38 (render version 4 fixed it)
+                el.volume.velocityIsRelative = False
     try:
         mf = music21.midi.translate.streamToMidiFile(score)  # expands repeats
     except music21.repeat.ExpanderException:  # badly formed repeats (6 of the first 319 scores): play once

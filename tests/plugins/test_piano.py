@@ -71,6 +71,26 @@ def test_midi_reader_matches_what_music21_writes(tmp_path):
     assert np.allclose(got[:, :2], [[0, 1], [1, 1.5], [1.5, 3.5]]) and list(got[:, 3]) == [60, 64, 67]
 
 
+@pytest.mark.skipif(not HAS_MUSIC21, reason="needs music21")
+def test_score_velocities_are_the_dynamics_levels_plus_the_seeded_jitter(tmp_path):
+    """Notes and chords get DYNAMICS[mark] + N(0, 6) from the seed, exactly: music21 must not scale the velocity
+    by the dynamic again (it did: f came out at 127 and p at 38)."""
+    import music21
+
+    part = music21.stream.Part([music21.tempo.MetronomeMark(number=60)])
+    part.append(music21.dynamics.Dynamic("f"))
+    part.append([music21.note.Note("C4"), music21.chord.Chord(["E4", "G4"])])
+    part.append(music21.dynamics.Dynamic("p"))
+    part.append(music21.note.Note("A4"))
+    part.write("musicxml", fp=str(tmp_path / "s.musicxml"))
+    piano.score_to_midi(tmp_path / "s.musicxml", tmp_path / "s.mid", (7,))
+    got = midi_notes((tmp_path / "s.mid").read_bytes())
+    jitter = np.random.default_rng((7,)).normal(0.0, 6.0, 3)
+    want = np.round([piano.DYNAMICS["f"] + jitter[0]] + [piano.DYNAMICS["f"] + jitter[1]] * 2
+                    + [piano.DYNAMICS["p"] + jitter[2]])
+    assert list(got[:, 3]) == [60, 64, 67, 69] and np.array_equal(got[:, 4], want), got[:, 4]
+
+
 def cand(folder, i, seconds):
     return Candidate(f"{folder}/p{i}.mxl", folder, seconds, f"p{i}", folder, "")
 
