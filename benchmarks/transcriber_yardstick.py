@@ -15,9 +15,11 @@ compared with a fresh reference draw in every repeat (so the spread counts both 
    level), windows at the same offsets; a case that should stay close to ``real``;
 5. ``trained G`` / ``untrained G``: ``--checkpoint``'s generator, and the same spec's generator as initialised
    from its seed (``framework.generate.load_model(weights=False)``), fresh latents per repeat;
-6. ``piano-shaped noise``: Gaussian noise with the test windows' mean power spectrum (random phases) at
-   their mean level;
-7. ``silence``.
+6. ``piano-shaped noise``: Gaussian noise with the test windows' mean power spectrum averaged over a third of
+   an octave (random phases) at their mean level (:func:`shaped_noise`);
+7. ``silence``;
+8. ``noise, unsmoothed piano spectrum``: as 6 without the averaging: a drone of the keys the windows play
+   (reported beside the order, as ``pitch +1`` is).
 
 Printed: a markdown table of mean ± std (and relative std) over ``--repeats`` of ``frechet_transcriber``,
 ``frechet_mdct`` (for comparison), the generated side's note statistics and the pitch-class distance, plus
@@ -114,11 +116,23 @@ def low_pass(x: np.ndarray, hz: float) -> np.ndarray:
     return np.fft.irfft(spec, n=x.shape[-1], axis=-1).astype(np.float32)
 
 
-def shaped_noise(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian noise with the mean power spectrum of ``x`` (all clips, both channels), at ``x``'s mean level."""
-    mag = np.sqrt((np.abs(np.fft.rfft(x, axis=-1)) ** 2).mean(axis=(0, 1)))
-    phase = np.exp(2j * np.pi * rng.random((*x.shape[:2], mag.shape[0])))
-    y = np.fft.irfft(mag * phase, n=x.shape[-1], axis=-1)
+def shaped_noise(x: np.ndarray, rng: np.random.Generator, octaves: float | None = 1 / 3) -> np.ndarray:
+    """Gaussian noise with the mean power spectrum of ``x`` (all clips, both channels) smoothed over ``octaves``
+    (a moving average over f * 2^(+-octaves / 2) for every bin f; None: unsmoothed), at ``x``'s mean level.
+
+    Why smoothed: the tempered scale puts every piano note on one grid of frequencies, so the fine (0.34 Hz)
+    mean spectrum of any piano clips peaks at the keys that were played and their harmonics, and noise with it
+    is a drone of those keys (the transcriber hears 16 notes/s in it). A third-octave average keeps the spectral
+    envelope and removes the pitches, as speech-shaped noise is made from the long-term average spectrum."""
+    power = (np.abs(np.fft.rfft(x, axis=-1)) ** 2).mean(axis=(0, 1))  # (bins,)
+    if octaves:
+        k = np.arange(len(power), dtype=np.float64)
+        lo = np.floor(k * 2 ** (-octaves / 2)).astype(int)
+        hi = np.minimum(np.maximum(np.ceil(k * 2 ** (octaves / 2)).astype(int), lo + 1), len(power))
+        total = np.concatenate([[0.0], np.cumsum(power)])
+        power = (total[hi] - total[lo]) / (hi - lo)  # mean of bins lo .. hi - 1
+    phase = np.exp(2j * np.pi * rng.random((*x.shape[:2], power.shape[0])))
+    y = np.fft.irfft(np.sqrt(power) * phase, n=x.shape[-1], axis=-1)
     y *= np.sqrt((x ** 2).mean() / max((y ** 2).mean(), 1e-30))
     return y.astype(np.float32)
 
@@ -200,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = {"real": real, "noise 20 dB": add_noise(real, 20, rng), "noise 10 dB": add_noise(real, 10, rng),
                  "low-pass 2 kHz": low_pass(real, 2000.0), "pitch +1": cut(shifted, picks, args.samples),
                  **{name: draw(args.clips, 1000 + rep) for name, draw in gens.items()},
-                 "piano-shaped noise": shaped_noise(real, rng), "silence": np.zeros_like(real)}
+                 "piano-shaped noise": shaped_noise(real, rng), "silence": np.zeros_like(real),
+                 "noise, unsmoothed piano spectrum": shaped_noise(real, rng, None)}
         for name, x in cases.items():
             results.setdefault(name, []).append(score(reference, x, metrics))
         truth = notes_mod.RollStats()  # what the test windows' MIDI says (exact, nothing cleaned)

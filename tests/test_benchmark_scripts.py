@@ -77,10 +77,38 @@ def test_transcriber_yardstick_on_the_smoke_recipe(smoke_checkpoint, tmp_path):
                  "--out", str(tmp_path))
     data = json.loads((tmp_path / "yardstick.json").read_text())
     assert list(data["runs"]) == ["real", "noise 20 dB", "noise 10 dB", "low-pass 2 kHz", "pitch +1", "trained G",
-                                  "untrained G", "piano-shaped noise", "silence", "real, from its MIDI"]
+                                  "untrained G", "piano-shaped noise", "silence", "noise, unsmoothed piano spectrum",
+                                  "real, from its MIDI"]
     assert all(len(r) == 2 for r in data["runs"].values())  # one result per repeat
     scored = [r for name, rs in data["runs"].items() if name != "real, from its MIDI" for r in rs]
     assert all(0 <= r["frechet_transcriber"] < float("inf") and 0 <= r["notes_pitch_class_distance"] <= 1
                for r in scored)
     assert all(r["notes_per_s_fake"] > 0 for r in data["runs"]["real, from its MIDI"])  # the MIDI has notes
     assert "| silence |" in out.stdout and (tmp_path / "yardstick.png").stat().st_size > 1000
+
+
+def test_piano_shaped_noise_keeps_the_envelope_and_drops_the_pitches():
+    """A 440 Hz tone with a little noise: unsmoothed, its noise twin is the tone again (a peak at 440 Hz); averaged
+    over a third of an octave, the peak is spread over 440 x 2^(+-1/6) = 392-494 Hz and the level is kept."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("yardstick", ROOT / "benchmarks" / "transcriber_yardstick.py")
+    ys = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ys)
+    rng = np.random.default_rng(0)
+    rate, n = ys.tr.SAMPLE_RATE, 22016
+    t = np.arange(n) / rate
+    x = (np.sin(2 * np.pi * 440 * t) + 1e-3 * rng.standard_normal((2, 2, n))).astype(np.float32)  # (clips, ch, T)
+    freqs = np.fft.rfftfreq(n, 1 / rate)
+
+    def peak_share(y):  # share of the power within 1 Hz of 440 Hz
+        p = (np.abs(np.fft.rfft(y, axis=-1)) ** 2).mean((0, 1))
+        return p[np.abs(freqs - 440) <= 1].sum() / p.sum()
+
+    fine, smooth = ys.shaped_noise(x, rng, None), ys.shaped_noise(x, rng)
+    assert peak_share(fine) > 0.9 and peak_share(smooth) < 0.1
+    band = (np.abs(np.fft.rfft(smooth, axis=-1)) ** 2).mean((0, 1))
+    assert band[(freqs > 385) & (freqs < 500)].sum() / band.sum() > 0.95  # still where the tone was
+    assert np.isclose((smooth ** 2).mean(), (x ** 2).mean(), rtol=1e-3)
