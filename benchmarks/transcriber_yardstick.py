@@ -122,8 +122,8 @@ def shaped_noise(x: np.ndarray, rng: np.random.Generator, octaves: float | None 
 
     Why smoothed: the tempered scale puts every piano note on one grid of frequencies, so the fine (0.34 Hz)
     mean spectrum of any piano clips peaks at the keys that were played and their harmonics, and noise with it
-    is a drone of those keys (the transcriber hears 16 notes/s in it). A third-octave average keeps the spectral
-    envelope and removes the pitches, as speech-shaped noise is made from the long-term average spectrum."""
+    is a drone of those keys. A third-octave average keeps the spectral envelope and removes the pitches, as
+    speech-shaped noise is made from the long-term average spectrum."""
     power = (np.abs(np.fft.rfft(x, axis=-1)) ** 2).mean(axis=(0, 1))  # (bins,)
     if octaves:
         k = np.arange(len(power), dtype=np.float64)
