@@ -24,7 +24,8 @@ compared with a fresh reference draw in every repeat (so the spread counts both 
 Printed: a markdown table of mean ± std (and relative std) over ``--repeats`` of ``frechet_transcriber``,
 ``frechet_mdct`` (for comparison), the generated side's note statistics and the pitch-class distance, plus
 whether the rows come in the expected order (and how many of the pairs of rows do); ``--space features``
-scores ``frechet_transcriber`` after the ReLU instead, for comparison; written to ``--out``: ``yardstick.json`` and ``yardstick.png``
+scores ``frechet_transcriber`` after the ReLU instead, for comparison; written to ``--out``: ``yardstick.json``
+and ``yardstick.png``
 (``frechet_transcriber`` per row, log scale, error bars = std). docs/metrics.md quotes its output.
 """
 
@@ -262,7 +263,8 @@ def report(results: dict[str, list[dict]], args, meta: dict, seconds: float) -> 
         pairs = [(i, j) for i in range(len(means)) for j in range(i + 1, len(means))]
         wrong = [f"{present[j]} < {present[i]}" for i, j in pairs if means[i] >= means[j]]
         print(f"\n{key}: expected order {'holds' if ok else 'broken: ' + '; '.join(bad)} over {' < '.join(present)}"
-              f"; {len(pairs) - len(wrong)} of {len(pairs)} pairs in order" + (f" (not: {'; '.join(wrong)})" if wrong else ""))
+              f"; {len(pairs) - len(wrong)} of {len(pairs)} pairs in order"
+              + (f" (not: {'; '.join(wrong)})" if wrong else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "yardstick.json").write_text(json.dumps({"args": vars(args), "transcriber": {k: meta[k] for k in (

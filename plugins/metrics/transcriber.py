@@ -26,7 +26,8 @@ the default (since version 3) does not, so that noise moves the embedding (docs/
 Labels (:func:`piano_roll`, :class:`Sounding`): key ``k`` sounds in frame ``t`` iff onset <= t * hop / rate <
 end, from the piece's MIDI (notes outside A0..C8 are left out), where ``end`` is the key-off or, when earlier,
 the moment the note has decayed ``sounding_db`` (30 dB) below its peak in the renderer; scores are reported
-against these sounding labels and against the held ones (onset to key-off). Data: the first ``hours`` of the piano set's render order
+against these sounding labels and against the held ones (onset to key-off). Data: the first ``hours`` of the
+piano set's render order
 (``piano.render_pieces``, the same renderer, splits and files as the ``piano`` dataset, rendered into the
 transcriber's own folder so a run's dataset is never touched); trained on its train split, scored on its test
 split (frame precision / recall / F1 at probability 0.5, counted over every (frame, key) cell as in
@@ -155,7 +156,7 @@ class Sounding:
     :attr:`MAX_SECONDS`, through the same renderer (velocities rounded to :attr:`VELOCITY_STEP`, since
     soundfonts switch samples between velocity layers); the end is the first STFT frame after the peak whose
     power is ``db`` below it (never: no cap). Memoised per process, so only the pairs the data plays are
-    rendered (891 pairs in 11 s for the 2 h set)."""
+    rendered (891 pairs in 11 s for the 2 h set of render version 3)."""
 
     MAX_SECONDS, VELOCITY_STEP = 10.0, 8
     _memo: dict[tuple[str, float, int, int], float] = {}
@@ -408,7 +409,8 @@ def build(root: str | Path = DEFAULT_ROOT, recipe: str = "default", *, progress:
              for s in ("train", "validation", "test")}
     meta = {"recipe": r, "recipe_name": recipe, "sha256": _sha256(weights), "renderer": renderer,
             "rows": [{k: row[k] for k in ROW_KEYS} for row in rows],
-            "data_sha256": checksums, "hours": hours, "test": scores["test"], "validation": scores["validation"], "train_seconds": time.perf_counter() - started,
+            "data_sha256": checksums, "hours": hours, "test": scores["test"], "validation": scores["validation"],
+            "train_seconds": time.perf_counter() - started,
             "torch": torch.__version__}
     tmp = sidecar.with_name(f".{sidecar.name}.tmp")
     tmp.write_text(json.dumps(meta, indent=1) + "\n")
