@@ -155,6 +155,20 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_ladder(args) -> int:
+    from framework.ladder import run_ladder
+
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [0]
+    rows = run_ladder(_registries(), folder=Path(args.dir), rungs=args.rungs, seeds=seeds, sets=args.set or [],
+                      smoke=args.smoke, tracking_uri=args.tracking_uri, device=args.device, out=Path(args.out),
+                      keep_going=args.keep_going)
+    from framework.ladder import table
+
+    print("\n" + table(rows))
+    print(f"\ntable, figures and wav files: {args.out}/")
+    return 0 if rows and all(r.status == "FINISHED" for r in rows) else 1
+
+
 def cmd_gpu_check(args) -> int:
     from framework.gpucheck import run_gpu_check
 
@@ -225,6 +239,20 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     b.add_argument("--smoke", action="store_true", help="apply the spec's smoke: overlay (checks the command only)")
     b.add_argument("--out", help="write the results as JSON here")
     b.set_defaults(func=cmd_bench)
+
+    la = sub.add_parser("ladder", help="train rung specs in order, each until its train.until criterion holds or its "
+                        "budget is spent; table of examples, time and energy to pass")
+    la.add_argument("rungs", nargs="*", metavar="RUNG", help="rungs to train, by file stem or leading number "
+                    "(default: all, in name order)")
+    la.add_argument("--dir", default="experiments/ladder", help="folder of rung specs (default experiments/ladder)")
+    la.add_argument("--seeds", default="0", help="comma-separated seeds, each rung trained once per seed (default 0)")
+    la.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every rung (repeatable)")
+    la.add_argument("--smoke", action="store_true", help="each rung's smoke: overlay (checks the command only)")
+    la.add_argument("--keep-going", action="store_true", help="climb on after a rung that no seed passed")
+    la.add_argument("--out", default="outputs/ladder", help="ladder.md / ladder.json, figures and wavs per rung")
+    la.add_argument("--tracking-uri")
+    la.add_argument("--device")
+    la.set_defaults(func=cmd_ladder)
 
     gc = sub.add_parser("gpu-check", help="check and time everything GPU-specific in one command (CUDA machine)")
     gc.add_argument("--minutes", type=float, default=8.0, help="budget of the whole check; stages that would not "

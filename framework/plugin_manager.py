@@ -27,6 +27,7 @@ BUILTIN_MODULES = (
     "plugins.datasets.synthetic",
     "plugins.datasets.mnist",
     "plugins.datasets.piano",
+    "plugins.datasets.piano_notes",
     "plugins.datasets.audio_folder",
     "plugins.datasets.maestro",
     "plugins.representations.raw",
@@ -41,6 +42,7 @@ BUILTIN_MODULES = (
     "plugins.metrics.mnist_classifier",
     "plugins.metrics.audio",
     "plugins.metrics.notes",
+    "plugins.metrics.ladder",
 )
 
 

@@ -156,6 +156,7 @@ class Trainer:
         self._session_start = time.monotonic()
         self.saved_step: int | None = None  # the step that the checkpoint file holds (None: no file yet)
         self._eval_dataset = None
+        self.passed_at: dict[str, float] | None = None  # until/* of the evaluation where train.until first held
 
     # ---------------------------------------------------------------------------------- checkpoints
     @property
@@ -283,6 +284,7 @@ class Trainer:
             self.write_samples()
         bar = _progress(tr.steps, self.step, enabled=rt.is_main)
         self.energy.switch("train")
+        evaluated = False  # whether the last evaluation was of the current step (then the final one is skipped)
         try:
             while self.step < tr.steps:
                 x, kw = self._unpack(next(batches))
@@ -295,7 +297,7 @@ class Trainer:
                     sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
                 count += 1
                 bar.update(1)
-                last = self.step == tr.steps
+                last = self.step == tr.steps or self._budget_spent()
                 ckpt_now = bool(tr.checkpoint_every) and self.step % tr.checkpoint_every == 0
                 # losses are checked for NaN/inf whenever they are logged, and always before a checkpoint
                 if self.step % max(tr.log_every, 1) == 0 or last or ckpt_now or stop.signal:
@@ -307,20 +309,80 @@ class Trainer:
                     self.log(f"{stop.signal}: checkpoint saved at step {self.step}; run ends KILLED "
                              f"(continue it with: {self.resume_hint})")
                     return "KILLED"
-                if tr.eval_every and self.step % tr.eval_every == 0 and not last:
+                evaluated = False
+                if tr.eval_every and self.step % tr.eval_every == 0 and (not last or tr.until):
                     self._log_eval()
-                if tr.sample_every and self.step % tr.sample_every == 0 and not last:
+                    evaluated = True
+                    if self.passed_at is not None:
+                        break
+                if last:
+                    break
+                if tr.sample_every and self.step % tr.sample_every == 0:
                     self.write_samples()
-                if ckpt_now and not last:
+                if ckpt_now:
                     self.save_checkpoint()
         finally:
             bar.close()
-        self._log_eval()
+        if not evaluated:
+            self._log_eval()
+        self._log_until()
         self.write_samples()
         self.save_checkpoint()
         self.energy.switch(None)
         self.log(f"trained {self.step - first} steps")
         return "FINISHED"
+
+    # ------------------------------------------------------------------------ until: a criterion and a budget
+    def _budget_spent(self) -> bool:
+        """Whether train.max_examples or train.max_minutes is spent. Minutes are checked at log steps only, and
+        rank 0's clock decides for every process (ranks must stop at the same step)."""
+        tr = self.spec.train
+        if tr.max_examples and self.consumed >= tr.max_examples:
+            return True
+        if not tr.max_minutes or self.step % max(tr.log_every, 1):
+            return False
+        return self._agree(self.run_s is not None and self.run_s >= 60 * tr.max_minutes)
+
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (a broadcast when training runs in several processes)."""
+        if self.rt.world_size == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.rt.device)
+        torch.distributed.broadcast(t, 0)
+        return bool(t.item())
+
+    def _check_until(self, metrics: dict[str, float]) -> None:
+        """After an evaluation: record the first step where every ``train.until`` condition holds (with the
+        examples, active seconds and joules it took). Only rank 0 evaluates; its verdict is shared."""
+        until = self.spec.train.until
+        if not until or self.passed_at is not None or self.step == 0:
+            return
+        holds = False
+        if self.rt.is_main:
+            values = {**self.last_metrics, **metrics}
+            missing = [c.metric for c in until if c.metric not in values]
+            if missing:
+                raise SpecError(f"{self.spec.path}: train.until: the run logs no {', '.join(missing)}; its "
+                                f"evaluation logs {', '.join(sorted(metrics)) or 'nothing (no metrics: in the spec)'}")
+            holds = all(c.holds(values[c.metric]) for c in until)
+        if self._agree(holds):
+            self.energy.switch(self.energy.phase)  # attribute the energy so far
+            self.passed_at = {"until/step": float(self.step), "until/examples": float(self.consumed),
+                              "until/run_s": float("nan") if self.run_s is None else float(self.run_s),
+                              "until/energy_j": float(sum(self.energy.joules.values()))}
+            self.log(f"until: {' and '.join(map(str, until))} holds at step {self.step} "
+                     f"({self.consumed} examples); training stops")
+
+    def _log_until(self) -> None:
+        """Log whether the criterion was met: until/passed 1 with the cost of passing, else 0 (budget spent)."""
+        if not self.spec.train.until:
+            return
+        out = {"until/passed": float(self.passed_at is not None), **(self.passed_at or {})}
+        self.tracker.log_metrics(out, self.step)
+        self.last_metrics.update(out)
+        self.tracker.set_tags({"until.result": f"passed at step {self.step} ({self.consumed} examples)"
+                               if self.passed_at else f"not passed: budget spent at step {self.step} "
+                                                       f"({self.consumed} examples)"})
 
     def _log_train(self, sums: dict[str, torch.Tensor], count: int, t0: float) -> dict[str, float]:
         if not sums:
@@ -348,6 +410,7 @@ class Trainer:
             self.tracker.log_metrics(metrics, self.step)
             self.last_metrics.update(metrics)
             self.log("eval: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        self._check_until(metrics)
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -32,6 +32,23 @@ PLUGIN_BLOCKS = {"dataset": "datasets", "representation": "representations", "mo
 
 
 @dataclasses.dataclass(frozen=True)
+class Criterion:
+    """One condition of ``train.until``: a logged metric and the bound it must reach (``min``, ``max`` or both)."""
+
+    metric: str  # a key the run logs, e.g. eval/peak_conc_fake (evaluations) or train/d/loss
+    min: float | None = None  # holds when the value is >= min
+    max: float | None = None  # holds when the value is <= max
+
+    def holds(self, value: float | None) -> bool:
+        return value is not None and value == value and (self.min is None or value >= self.min) \
+            and (self.max is None or value <= self.max)
+
+    def __str__(self) -> str:
+        bounds = [f">= {self.min:g}" if self.min is not None else "", f"<= {self.max:g}" if self.max is not None else ""]
+        return f"{self.metric} {' and '.join(b for b in bounds if b)}"
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The ``train:`` block: what the runner does, independent of the plugins."""
 
@@ -49,6 +66,12 @@ class TrainConfig:
     samples: int = 4  # items per sample artifact
     eval_split: str = "validation"  # the dataset split whose items the metrics compare against
     checkpoint_every: int = 1000  # write the resumable checkpoint every k steps (and at the end)
+    # Train until a criterion holds: the run stops at the first evaluation (eval_every) where every condition
+    # holds, and logs until/passed, until/examples, until/run_s, until/energy_j (the cost of getting there).
+    # steps stays the hard cap; max_examples / max_minutes (0: none) are the budget in examples / active minutes.
+    until: tuple[Criterion, ...] = ()
+    max_examples: int = 0  # stop once this many examples (all processes) have been trained on
+    max_minutes: float = 0.0  # stop once the run has been active this long (perf/run_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -465,6 +488,19 @@ def _check_train(chk: _Checker, train: TrainConfig) -> None:
             chk.fail(f"train.{name}", f"must be >= 0, got {getattr(train, name)}")
     if train.precision not in PRECISIONS:
         chk.fail("train.precision", f"must be one of {', '.join(PRECISIONS)}")
+    for name in ("max_examples", "max_minutes"):
+        if getattr(train, name) < 0:
+            chk.fail(f"train.{name}", f"must be >= 0 (0: no budget), got {getattr(train, name)}")
+    for i, c in enumerate(train.until):
+        if c.min is None and c.max is None:
+            chk.fail(f"train.until.{i}", f"condition on {c.metric!r} has neither min nor max; give the bound it must "
+                                         f"reach, e.g. {{metric: {c.metric}, min: 0.8}}")
+        if not c.metric.startswith(("eval/", "train/")):
+            chk.fail(f"train.until.{i}.metric", f"{c.metric!r} is not a logged key; until: is checked at evaluations, "
+                                                f"on eval/<name> keys (or train/<name>)")
+    if train.until and not train.eval_every:
+        chk.fail("train.until", "is checked at evaluations, but train.eval_every is 0 (only after the last step); "
+                                "set train.eval_every")
 
 
 def load_spec(path: str | Path, registries: Mapping[str, Registry], sets: list[str] = (),
