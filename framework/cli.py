@@ -1,8 +1,9 @@
 """``python -m framework COMMAND``: the core commands (run, validate, report, ui, ...) and the commands that
 plugins add (``analyze``); ``--help`` lists them all, core and plugin, from the parser itself.
 
-Every FrameworkError is printed as one ``error: ...`` line (what, where, what to do) and exits with
-status 2; a bug prints its traceback. Plugin packages add subcommands through the
+Every FrameworkError is printed as one ``error: ...`` line (what, where, what to do; errors that followed it
+while a run was ended, as indented notes) and exits with status 2; a bug prints its traceback. Every option
+has help text. A closed stdout (``... | head``) ends a command without a traceback; ``run`` keeps training. Plugin packages add subcommands through the
 ``register_commands`` hook (the audio front end's ``analyze`` comes that way).
 """
 
@@ -62,7 +63,7 @@ def _run_spec(args, registries):
 
 
 def cmd_run(args) -> int:
-    from framework.runner import run
+    from framework.runner import run, say
 
     registries = _registries()
     spec = _run_spec(args, registries)
@@ -73,16 +74,16 @@ def cmd_run(args) -> int:
         return 0 if result.status == "FINISHED" else 1
     from framework.tracking import tracking_uri
 
-    print(f"\nrun {result.run_id}: {result.status} after {result.step} steps")
-    print(f"  samples, plots, checkpoint: {result.run_dir}/")
+    say(f"\nrun {result.run_id}: {result.status} after {result.step} steps")
+    say(f"  samples, plots, checkpoint: {result.run_dir}/")
     # the energy summary (per phase, labelled measured/estimated) was printed by the runner: totals only here
     shown = {k: v for k, v in result.metrics.items()
              if k.startswith("eval/") or k in ("energy/total_kwh", "energy/co2e_kg")}
     for k, v in shown.items():
-        print(f"  {k} = {v:.6g}")
+        say(f"  {k} = {v:.6g}")
     uri = tracking_uri(args.tracking_uri)
-    print(f"  compare runs in the MLflow UI: python -m framework ui" +
-          ("" if uri == "sqlite:///mlflow.db" else f" --tracking-uri {uri}") + "  (then open the runs link it prints)")
+    say(f"  compare runs in the MLflow UI: python -m framework ui" +
+        ("" if uri == "sqlite:///mlflow.db" else f" --tracking-uri {uri}") + "  (then open the runs link it prints)")
     return 0 if result.status == "FINISHED" else 1
 
 
@@ -223,7 +224,7 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
                                      "metrics, preferring FID / Frechet distances; the report says which)")
     rp.add_argument("--better", choices=("higher", "lower"), help="direction of the metric (default: guessed)")
     rp.add_argument("--out", help="output folder (default outputs/report/EXPERIMENT)")
-    rp.add_argument("--tracking-uri")
+    rp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     rp.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="time training steps and generation of spec variants in one run")
@@ -232,10 +233,10 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every variant")
     b.add_argument("--batch", type=int, help="batch size (default: the spec's)")
     b.add_argument("--steps", type=int, default=5, help="timed train steps per repeat; 0 times generation only")
-    b.add_argument("--warmup", type=int, default=2)
-    b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--gen-batch", type=int, default=4)
-    b.add_argument("--device")
+    b.add_argument("--warmup", type=int, default=2, help="untimed train steps first (default 2)")
+    b.add_argument("--repeats", type=int, default=3, help="timed loops; the median is reported (default 3)")
+    b.add_argument("--gen-batch", type=int, default=4, help="samples per timed generation call (default 4)")
+    b.add_argument("--device", help="cpu | cuda | cuda:N (default: auto)")
     b.add_argument("--smoke", action="store_true", help="apply the spec's smoke: overlay (checks the command only)")
     b.add_argument("--out", help="write the results as JSON here")
     b.set_defaults(func=cmd_bench)
@@ -250,8 +251,8 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     la.add_argument("--smoke", action="store_true", help="each rung's smoke: overlay (checks the command only)")
     la.add_argument("--keep-going", action="store_true", help="climb on after a rung that no seed passed")
     la.add_argument("--out", default="outputs/ladder", help="ladder.md / ladder.json, figures and wavs per rung")
-    la.add_argument("--tracking-uri")
-    la.add_argument("--device")
+    la.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    la.add_argument("--device", help="cpu | cuda | cuda:N (default: each spec's train.device, auto)")
     la.set_defaults(func=cmd_ladder)
 
     gc = sub.add_parser("gpu-check", help="check and time everything GPU-specific in one command (CUDA machine)")
@@ -267,18 +268,20 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate samples from a trained run or checkpoint")
     src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", metavar="RUN_ID")
-    src.add_argument("--checkpoint", metavar="PATH")
-    g.add_argument("--n", type=int, default=4)
+    src.add_argument("--run", metavar="RUN_ID", help="the run's checkpoint: in the runs folder, else the one logged "
+                     "to the store (downloaded into the cache, ~/.cache/framework/checkpoints; $FRAMEWORK_CACHE_DIR)")
+    src.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.pt file")
+    g.add_argument("--n", type=int, default=4, help="number of samples (default 4)")
     g.add_argument("--seconds", type=float, default=None, help="audio length (default: the training length)")
     g.add_argument("--truncation", type=float, default=None, help="truncated-normal latents |z| <= this")
-    g.add_argument("--out", default="outputs/generate")
-    g.add_argument("--batch", type=int, default=8)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default="outputs/generate", help="output folder (default outputs/generate)")
+    g.add_argument("--batch", type=int, default=8, help="samples generated per call (default 8)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
     g.add_argument("--label", type=int, default=None,
                    help="class-conditional models: draw every sample of this class (default: uniform classes)")
-    g.add_argument("--device")
-    g.add_argument("--tracking-uri")
+    g.add_argument("--device", help="cpu | cuda | cuda:N (default: auto)")
+    g.add_argument("--tracking-uri", help="MLflow store of --run (default: $MLFLOW_TRACKING_URI or "
+                   "sqlite:///mlflow.db)")
     g.set_defaults(func=cmd_generate)
 
     for name, (run_fn, add_arguments, help_, module) in sorted((commands or {}).items()):
@@ -299,7 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except FrameworkError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", []):  # errors that followed it (e.g. while a run was ended)
+            print(f"  {note}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of stdout went away (`... | head`): no traceback, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -27,7 +27,7 @@ when ``energy.country_iso_code`` is set) and ``energy/<phase>_total_j`` sum both
 per second of audio.
 
 Each run writes its metrics and tags to ``runs/<run_id>/energy.json``; ``python -m framework.energy RUN_ID``
-(or ``--last``) prints them as labelled lines (what ``make demo`` ends with).
+(or ``--last``) prints them as labelled lines (what ``make demo-piano`` ends with).
 
 Deliberately not here: no network (codecarbon's table ships with the package), no power-supply losses or
 data-centre PUE, no share of the machine's idle power. A resumed run continues the totals its checkpoint

@@ -5,10 +5,17 @@ original spec file nor the training data: the representation and model are rebui
 and loaded with the stored weights. Items are written by :mod:`framework.artifacts` (wav + spectrogram PNG
 for audio, an image grid for images). Generation energy is metered like a run's (:mod:`framework.energy`: measured
 where a counter exists, else estimated and labelled so) and printed per sample and per second of audio.
+
+``--run ID`` uses the run's checkpoint in the runs folder (``FRAMEWORK_RUNS_DIR``, default ``./runs``) when
+there is one, else downloads the checkpoint logged to the run into the checkpoint cache,
+``$FRAMEWORK_CACHE_DIR/checkpoints/<run id>/`` (default ``~/.cache/framework``, or ``$XDG_CACHE_HOME/framework``),
+where it is reused until the run ends again (a resumed run); it never writes into the working folder. It
+prints which checkpoint, and which store, it used.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -18,9 +25,17 @@ from framework.build import _construct
 from framework.energy import EnergyMeter, summary
 from framework.errors import CheckpointError, FrameworkError
 from framework.protocols import DataInfo
-from framework.runner import choose_device, find_checkpoint, seed_everything
+from framework.runner import choose_device, find_checkpoint, runs_dir, seed_everything
 from framework.runtime import Runtime, resolve_precision
 from framework.spec import validate
+from framework.tracking import tracking_uri as resolve_uri
+
+
+def cache_dir() -> Path:
+    """Where downloaded checkpoints are kept: ``$FRAMEWORK_CACHE_DIR``, else ``$XDG_CACHE_HOME/framework``, else
+    ``~/.cache/framework``."""
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("FRAMEWORK_CACHE_DIR") or Path(xdg) / "framework")
 
 
 def load_model(state: dict, device: str | None, *, weights: bool = True):
@@ -51,7 +66,14 @@ def generate(*, run_id: str | None, checkpoint_path: str | None, n: int, seconds
     """``label``: the class every sample is drawn for (class-conditional models only; None: uniform classes)."""
     if n < 1 or batch < 1:
         raise FrameworkError(f"--n and --batch must be >= 1 (got {n}, {batch})")
-    path = Path(checkpoint_path) if checkpoint_path else find_checkpoint(run_id, tracking_uri)
+    if checkpoint_path:
+        path = Path(checkpoint_path)
+        print(f"checkpoint {path}")
+    else:
+        path = find_checkpoint(run_id, tracking_uri, cache_dir() / "checkpoints" / run_id)
+        local = path == runs_dir() / run_id / checkpoint.FILENAME
+        print(f"run {run_id}: checkpoint {path} (" + ("in the runs folder" if local else
+                                                      f"logged to the store {resolve_uri(tracking_uri)}") + ")")
     model, rep, info, spec, runtime = load_model(checkpoint.load(path), device)
     if label is not None and not 0 <= label < model.num_classes:
         raise FrameworkError(f"--label {label}: this model is unconditional (model.params.num_classes is 0)"

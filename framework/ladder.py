@@ -45,6 +45,7 @@ class RungResult:
     energy_j: float  # joules up to the pass (all phases), or the run's total
     energy_kind: str  # measured | estimated | partly estimated (...)
     values: dict[str, float]  # the criterion's metrics at the last evaluation
+    before: dict[str, float]  # the same at step 0 (the untrained model; train.eval_at_start), when logged
     folder: str = ""
 
 
@@ -55,9 +56,13 @@ def find_rungs(folder: Path, names: list[str]) -> list[Path]:
         raise FrameworkError(f"ladder: no *.yaml specs in {folder}; give --dir a folder of rung specs")
     if not names:
         return specs
+    def number(text: str) -> int | None:
+        return int(text) if text.isdigit() else None
+
     picked = []
     for name in names:
-        match = [p for p in specs if name in (p.stem, p.stem.split("_", 1)[0], p.stem.split("_", 1)[-1])]
+        match = [p for p in specs if name in (p.stem, p.stem.split("_", 1)[-1])
+                 or number(name) is not None and number(name) == number(p.stem.split("_", 1)[0])]
         if not match:
             raise FrameworkError(f"ladder: no rung {name!r} in {folder}; rungs: {', '.join(p.stem for p in specs)}")
         picked += [p for p in match if p not in picked]
@@ -73,6 +78,17 @@ def _energy_kind(run_dir: Path) -> str:
         return "unknown"
     return kind_label(k.split("_", 1)[1].removesuffix("_j") for k in metrics
                       if k.startswith("energy/train_") and k.endswith("_j") and not k.endswith("total_j"))
+
+
+def _at_step0(spec: Spec, run_id: str, uri: str | None) -> dict[str, float]:
+    from framework.tracking import metric_history
+
+    out = {}
+    for c in spec.train.until:
+        history = metric_history(run_id, c.metric, uri)
+        if history and history[0][0] == 0:
+            out[c.metric] = history[0][1]
+    return out
 
 
 def coefficients_figure(spec: Spec, run_dir: Path, path: Path, device: str | None = None) -> Path | None:
@@ -127,7 +143,8 @@ def run_rung(path: Path, registries, seed: int, *, sets: list[str], smoke: bool,
         examples=int(m["until/examples"]) if passed else result.step * spec.train.batch_size,
         run_s=m["until/run_s"] if passed else m.get("perf/run_s", math.nan),
         energy_j=m["until/energy_j"] if passed else energy_total, energy_kind=_energy_kind(result.run_dir),
-        values={c.metric: m.get(c.metric, math.nan) for c in spec.train.until})
+        values={c.metric: m.get(c.metric, math.nan) for c in spec.train.until}, before=_at_step0(spec, result.run_id,
+                                                                                                  tracking_uri))
     folder = out / f"{path.stem}_seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     wavs = sorted((result.run_dir / "samples").glob(f"step{result.step:07d}*"))
@@ -142,12 +159,14 @@ def run_rung(path: Path, registries, seed: int, *, sets: list[str], smoke: bool,
 def table(rows: list[RungResult]) -> str:
     """The Markdown table of ``ladder.md``."""
     names = sorted({k for r in rows for k in r.values})
-    head = ["rung", "seed", "passed", "examples", "steps", "active time", "energy", *names, "criterion", "run"]
+    head = ["rung", "seed", "passed", "examples", "steps", "active time", "energy",
+            *(f"{k} (step 0 -> end)" for k in names), "criterion", "run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         mins = f"{r.run_s / 60:.1f} min" if r.run_s == r.run_s else "?"
         energy = f"{r.energy_j / 1000:.2f} kJ ({r.energy_kind})"
-        vals = [f"{r.values[k]:.3g}" if k in r.values else "" for k in names]
+        vals = [(f"{r.before[k]:.3g} -> " if k in r.before else "") + f"{r.values[k]:.3g}" if k in r.values else ""
+                for k in names]
         lines.append("| " + " | ".join([r.rung, str(r.seed), "**yes**" if r.passed else "no", f"{r.examples:,}",
                                         f"{r.steps:,}", mins, energy, *vals, r.criterion, r.run_id[:8]]) + " |")
     return "\n".join(lines)

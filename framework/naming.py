@@ -3,8 +3,9 @@
 A run is named after its spec file's stem, ``smoke`` when the smoke overlay was applied, and the keys where
 the ``--set`` overrides change the file, e.g.
 ``toy_synthetic smoke model.latent_dim=64 train.steps=10``. Sweep children are named after the grid values
-that make them. Names are kept short (:data:`MAX_CHARS`; what does not fit is counted as ``+N``), so they are
-labels, not identities: the run id is the identity, and :meth:`framework.tracking.Tracker.start` appends
+that make them. A name longer than :data:`MAX_CHARS` abbreviates every override instead of dropping any
+(``model.params.latent_dim`` -> ``m.latent_dim``, long values cut with ``…``), so the one that mattered is
+always there. Names are labels, not identities: the run id is the identity, and :meth:`framework.tracking.Tracker.start` appends
 ``#2``, ``#3`` ... when the experiment already has a run of that name. This module does not touch MLflow.
 """
 
@@ -29,15 +30,19 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def abbreviate(key: str, value: Any) -> str:
+    """``model.params.latent_dim``, 64 -> ``m.latent_dim=64``: the block by its initial, the rest of the key in
+    full, a value of more than 12 characters cut with ``…``."""
+    block, dot, rest = short_key(key).partition(".")
+    text = _text(value)
+    return (f"{block[0]}.{rest}" if dot else key) + "=" + (text if len(text) <= 12 else text[:11] + "…")
+
+
 def compose(stem: str, items: list[tuple[str, Any]]) -> str:
-    """``stem k=v k=v`` with as many items as fit in :data:`MAX_CHARS`, then ``+N`` for the rest."""
-    name = stem
-    for i, (key, value) in enumerate(items):
-        part = f" {short_key(key)}={_text(value)}"
-        if len(name) + len(part) > MAX_CHARS:
-            return f"{name} +{len(items) - i}"
-        name += part
-    return name
+    """``stem k=v k=v``; when that is longer than :data:`MAX_CHARS`, every item abbreviated (:func:`abbreviate`),
+    however long the name then is: no override is left out."""
+    name = stem + "".join(f" {short_key(k)}={_text(v)}" for k, v in items)
+    return name if len(name) <= MAX_CHARS else " ".join([stem] + [abbreviate(k, v) for k, v in items])
 
 
 def overrides(spec: Spec) -> list[tuple[str, str]]:

@@ -5,11 +5,18 @@ to the device, encode it without gradients to ``(B, *representation.shape)``, an
 ``model.train_step``. Every ``log_every`` steps the losses are checked for NaN/inf and logged (the only
 host-device synchronisation of the loop); metrics, samples and checkpoints follow their own cadence.
 
-Failure handling: a non-finite loss stops the run before the next checkpoint (the last good one stays);
-SIGINT/SIGTERM checkpoint and end the run KILLED; any other exception ends it FAILED with the traceback
-logged as an artifact. ``resume_run_id`` reopens the same MLflow run from its last checkpoint with the
-same RNG streams and data positions, so the losses that follow equal an uninterrupted run's;
-:func:`resume_spec` gives the spec such a run continues (the one stored in its checkpoint).
+Failure handling: the runs folder and the artifact folder are checked writable before anything is built. A
+non-finite loss stops the run before the next checkpoint (the last good one stays); SIGINT/SIGTERM checkpoint
+and end the run KILLED; any other exception ends it FAILED with the traceback logged as an artifact. The
+run's last records (energy metrics and ``energy.json``, the checkpoint artifact, the traceback) are each
+attempted whatever failed before, and the run is recorded FINISHED only when training finished and every one
+of them was written; the first error is raised, with the later ones as notes. Log lines go through
+:func:`say`, so a closed stdout (``run ... | head``) silences the run instead of failing it.
+
+``resume_run_id`` reopens the same MLflow run from its last checkpoint with the same RNG streams, data
+positions and partial log window (the losses summed since the last logged step), so the curve that follows
+equals an uninterrupted run's at every logged step; :func:`resume_spec` gives the spec such a run continues
+(the one stored in its checkpoint).
 
 Time: ``perf/run_s`` is the seconds actually spent running (summed over the sessions of a resumed run via the
 checkpoint, without the downtime between them); ``report`` uses it as the run's wall time.
@@ -26,6 +33,7 @@ import random
 import shlex
 import signal
 import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -38,16 +46,46 @@ import yaml
 from framework import artifacts, checkpoint, naming
 from framework.build import Components, build, build_dataset, ensure_prepared
 from framework.data import Labelled, eval_loader, train_loader
-from framework.energy import EnergyMeter, seconds_per_item, summary
-from framework.errors import CheckpointError, NonFiniteLossError, SpecError, TrackingError
+from framework.energy import SUMMARY_FILE as ENERGY_FILE, EnergyMeter, seconds_per_item, summary
+from framework.errors import CheckpointError, FrameworkError, NonFiniteLossError, SpecError, TrackingError
 from framework.runtime import Runtime, resolve_precision
 from framework.spec import Spec, apply_set, flatten, parse_set, validate
-from framework.tracking import DEFAULT_URI, Tracker, require_store
+from framework.tracking import DEFAULT_URI, Tracker, require_store, unwritable
 
 
 def runs_dir() -> Path:
     """Local folder of per-run files (checkpoints, samples): ``FRAMEWORK_RUNS_DIR`` or ``./runs``."""
     return Path(os.environ.get("FRAMEWORK_RUNS_DIR", "runs"))
+
+
+class Quiet:
+    """A text stream whose reader may go away (``run ... 2>&1 | head``): from the first write that finds the pipe
+    closed on, the stream's file descriptor points at /dev/null, so the run goes on and nothing fails at exit."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        self._try(self.stream.write, text)
+
+    def flush(self) -> None:
+        self._try(self.stream.flush)
+
+    def _try(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def say(msg: str) -> None:
+    """``print(msg)``, flushed, through :class:`Quiet`: the runner's and ``run``'s log lines."""
+    out = Quiet(sys.stdout)
+    out.write(msg + "\n")
+    out.flush()
 
 
 @dataclasses.dataclass
@@ -68,9 +106,15 @@ def seed_everything(seed: int) -> None:
 def choose_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise SpecError(f"unknown device '{requested}'; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SpecError(f"device '{requested}' requested but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise SpecError(f"device '{requested}': this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -157,6 +201,9 @@ class Trainer:
         self.saved_step: int | None = None  # the step that the checkpoint file holds (None: no file yet)
         self._eval_dataset = None
         self.passed_at: dict[str, float] | None = None  # until/* of the evaluation where train.until first held
+        # the log window: each loss summed over the steps since the last logged one (carried by the checkpoint)
+        self.window: dict[str, torch.Tensor] = {}
+        self.window_steps = 0
 
     # ---------------------------------------------------------------------------------- checkpoints
     @property
@@ -172,10 +219,11 @@ class Trainer:
         if not self.rt.is_main:
             return
         self.energy.switch(self.energy.phase)  # the energy so far is attributed, so the checkpoint holds it
+        sums = dict(zip(self.window, torch.stack(list(self.window.values())).tolist())) if self.window else {}
         try:
             checkpoint.save(self.checkpoint_path, {
                 "step": self.step, "consumed": self.consumed, "spec": self.spec.resolved, "run_s": self.run_s,
-                "energy": self.energy.state_dict(),
+                "energy": self.energy.state_dict(), "window": {"sums": sums, "steps": self.window_steps},
                 "run_id": self.tracker.run_id, "model": self.c.model.checkpoint_state(),
                 "rng": checkpoint.rng_state(),
                 "data_info": {**dataclasses.asdict(self.c.dataset.info), "tags": dict(self.c.dataset.info.tags)}})
@@ -198,6 +246,9 @@ class Trainer:
         self.run_s_before = state.get("run_s")
         if "energy" in state:  # checkpoints before this have none: the run is then metered from its resume on
             self.energy.load_state_dict(state["energy"])  # with the generated items
+        window = state.get("window", {"sums": {}, "steps": 0})
+        self.window = {k: torch.tensor(v, device=self.rt.device) for k, v in window["sums"].items()}
+        self.window_steps = window["steps"]
         self.saved_step = self.step
 
     # ------------------------------------------------------------------------------------- phases
@@ -277,8 +328,7 @@ class Trainer:
                               rank=rt.rank, world_size=rt.world_size, num_workers=tr.num_workers,
                               pin_memory=rt.device.type == "cuda")
         batches = iter(loader)
-        sums: dict[str, torch.Tensor] = {}
-        count, t0, first = 0, time.perf_counter(), self.step
+        timed, t0, first = 0, time.perf_counter(), self.step  # steps since t0 (for perf/steps_per_s)
         if tr.eval_at_start and self.step == 0:  # the untrained model: where every curve and sample starts
             self._log_eval()
             self.write_samples()
@@ -294,17 +344,20 @@ class Trainer:
                 self.step += 1
                 self.consumed += tr.batch_size * rt.world_size
                 for k, v in out.items():
-                    sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
-                count += 1
+                    w = self.window
+                    w[k] = w[k] + v.detach().float() if k in w else v.detach().float()
+                self.window_steps += 1
+                timed += 1
                 bar.update(1)
                 last = self.step == tr.steps or self._budget_spent()
                 ckpt_now = bool(tr.checkpoint_every) and self.step % tr.checkpoint_every == 0
                 # losses are checked for NaN/inf whenever they are logged, and always before a checkpoint
-                if self.step % max(tr.log_every, 1) == 0 or last or ckpt_now or stop.signal:
-                    logged = self._log_train(sums, count, t0)
+                if self.step % max(tr.log_every, 1) == 0 or last or ckpt_now:
+                    logged = self._log_train(timed, t0)
                     bar.set_postfix({k.split("/", 1)[-1]: f"{v:.3g}" for k, v in list(logged.items())[:4]})
-                    sums, count, t0 = {}, 0, time.perf_counter()
+                    timed, t0 = 0, time.perf_counter()
                 if stop.signal:
+                    self._window_means()  # checked, not logged: the window goes into the checkpoint whole
                     self.save_checkpoint()
                     self.log(f"{stop.signal}: checkpoint saved at step {self.step}; run ends KILLED "
                              f"(continue it with: {self.resume_hint})")
@@ -384,11 +437,13 @@ class Trainer:
                                if self.passed_at else f"not passed: budget spent at step {self.step} "
                                                        f"({self.consumed} examples)"})
 
-    def _log_train(self, sums: dict[str, torch.Tensor], count: int, t0: float) -> dict[str, float]:
-        if not sums:
+    def _window_means(self) -> dict[str, float]:
+        """``train/<loss>``: each loss's mean over the log window (the loop's one host sync); NonFiniteLossError
+        when one is NaN or infinite."""
+        if not self.window:
             return {}
-        names = list(sums)
-        values = (torch.stack([sums[k] for k in names]) / count).tolist()  # the loop's one host sync
+        names = list(self.window)
+        values = (torch.stack([self.window[k] for k in names]) / self.window_steps).tolist()
         logged = {f"train/{k}": v for k, v in zip(names, values)}
         bad = [k for k, v in logged.items() if not np.isfinite(v)]
         if bad:
@@ -396,13 +451,32 @@ class Trainer:
                 f"non-finite loss at step {self.step}: {', '.join(f'{k}={logged[k]}' for k in bad)}; the run stops "
                 f"and {self.kept_checkpoint()}. Lower the learning rate, check the data for NaN, or try "
                 f"precision: fp32")
+        return logged
+
+    def _log_train(self, timed: int, t0: float) -> dict[str, float]:
+        """Log the window's means (and the speed over the ``timed`` steps since ``t0``), then start a new window."""
+        logged = self._window_means()
+        if not logged:
+            return {}
+        self.window, self.window_steps = {}, 0
         elapsed = time.perf_counter() - t0
-        logged["perf/steps_per_s"] = count / elapsed if elapsed > 0 else float("nan")
+        logged["perf/steps_per_s"] = timed / elapsed if elapsed > 0 else float("nan")
         if self.run_s is not None:
             logged["perf/run_s"] = self.run_s
         self.tracker.log_metrics(logged, self.step)
         self.last_metrics.update(logged)
         return logged
+
+    def log_energy(self) -> None:
+        """Log the run's energy and active time so far and print its energy summary (the run's end)."""
+        self.energy.switch(None)
+        metrics = self.energy.metrics() | {"perf/generated_items": float(self.energy.generated_items)}
+        if self.run_s is not None:
+            metrics["perf/run_s"] = self.run_s
+        self.last_metrics.update(metrics)
+        self.tracker.log_metrics(metrics, self.step)
+        for line in summary(metrics, self.energy.tags()):
+            self.log(line)
 
     def _log_eval(self) -> None:
         metrics = self.evaluate()
@@ -417,7 +491,7 @@ def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
-                desc="train")
+                desc="train", file=Quiet(sys.stderr))
 
 
 def _init_distributed(runtime: Runtime) -> None:
@@ -426,16 +500,26 @@ def _init_distributed(runtime: Runtime) -> None:
         torch.distributed.init_process_group(backend=backend)
 
 
-def find_checkpoint(run_id: str, tracker_uri: str | None) -> Path:
-    """The local checkpoint of ``run_id``, else the one logged as an artifact of that run (read from an existing
-    store only: a missing one is named, never created)."""
+def find_checkpoint(run_id: str, tracker_uri: str | None, download_to: Path | None = None) -> Path:
+    """The local checkpoint of ``run_id`` (in the runs folder), else the one logged as an artifact of that run,
+    downloaded into ``download_to`` (default: the run's folder, where a resumed run goes on) unless a copy there
+    was downloaded after the run last ended. Read from an existing store only: a missing one is named, never
+    created."""
     local = runs_dir() / run_id / checkpoint.FILENAME
     if local.is_file():
         return local
-    from framework.tracking import download_artifact, tracking_uri
+    from framework.tracking import download_artifact, run_info, tracking_uri
 
+    folder = download_to or local.parent
+    copy = folder / "checkpoints" / checkpoint.FILENAME
     try:
-        return download_artifact(run_id, f"checkpoints/{checkpoint.FILENAME}", runs_dir() / run_id, tracker_uri)
+        ended = run_info(run_id, tracker_uri)["end_time"] or 0  # ms; a resumed run that ended again is newer
+        if copy.is_file() and copy.stat().st_mtime * 1000 > ended:
+            return copy
+        folder.mkdir(parents=True, exist_ok=True)
+        path = download_artifact(run_id, f"checkpoints/{checkpoint.FILENAME}", folder, tracker_uri)
+        os.utime(path)  # the time of the download (MLflow copies the logged file's)
+        return path
     except TrackingError as exc:
         raise CheckpointError(f"run {run_id}: no checkpoint at {local}, and {exc} (FRAMEWORK_RUNS_DIR moves "
                               f"runs/)") from None
@@ -509,14 +593,14 @@ def _setup(spec: Spec, registries, runtime: Runtime, tracker: Tracker, run_dir: 
         checkpoint.set_rng_state(state["rng"])
         tracker.set_tags({"resumed_from_step": state["step"]})
         log(f"resuming run {tracker.run_id or run_dir.name} from step {trainer.step}")
-    log(f"MLflow run {run_dir.name} (experiment '{spec.experiment}', store {tracker.uri}); device {runtime.device}, "
-        f"precision {runtime.precision}")
+    log(f"MLflow run {run_dir.name} (experiment '{spec.experiment}', store {tracker.uri}, artifacts "
+        f"{tracker.artifact_uri}); device {runtime.device}, precision {runtime.precision}")
     return trainer
 
 
 def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str | None = None,
         resume_run_id: str | None = None, parent_run_id: str | None = None, run_name: str | None = None,
-        log: Callable[[str], None] = print) -> RunResult:
+        log: Callable[[str], None] = say) -> RunResult:
     """Train ``spec`` end to end (or resume ``resume_run_id``) and return where everything went."""
     runtime = make_runtime(spec, device)
     _init_distributed(runtime)
@@ -525,6 +609,12 @@ def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str 
         require_store(tracking_uri)  # the run's store must exist; checking a new one would create it
     tracker = Tracker(tracking_uri, enabled=runtime.is_main)
     tracker.check()
+    if runtime.is_main:  # checked before anything is built, as the store is
+        problem = unwritable(runs_dir())
+        if problem:
+            raise CheckpointError(f"the runs folder {runs_dir().resolve()} is not writable ({problem}); make it "
+                                  f"writable, or set FRAMEWORK_RUNS_DIR to a folder that is")
+        tracker.check_artifacts(spec.experiment)
     state = None
     if resume_run_id:
         state = checkpoint.load(find_checkpoint(resume_run_id, tracker.uri))
@@ -536,32 +626,56 @@ def run(spec: Spec, registries, *, tracking_uri: str | None = None, device: str 
         torch.distributed.broadcast_object_list(ids, src=0)
         run_id = ids[0]
     run_dir = runs_dir() / run_id
-    status, trainer = "FAILED", None
+    status, trainer, errors = "FAILED", None, []
     try:
         trainer = _setup(spec, registries, runtime, tracker, run_dir, state, log,
                          resume_command(run_id, tracker.uri, device))
         with _Stop().installed() as stop:
             status = trainer.train(stop)
-    except BaseException as exc:
+    except BaseException as exc:  # raised below, once the run's records are written and its status recorded
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        if runtime.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "traceback.txt").write_text(traceback.format_exc())
-            tracker.log_artifact(run_dir / "traceback.txt")
-        raise
-    finally:
-        if trainer is not None:
-            trainer.energy.switch(None)
-            energy = trainer.energy.metrics() | {"perf/generated_items": float(trainer.energy.generated_items)}
-            if trainer.run_s is not None:
-                energy["perf/run_s"] = trainer.run_s
-            tracker.log_metrics(energy, trainer.step)
-            trainer.last_metrics.update(energy)
-            if runtime.is_main:
-                trainer.energy.write(run_dir)
-                for line in summary(energy, trainer.energy.tags()):
-                    log(line)
-            if status == "FINISHED" and spec.tracking.log_checkpoint and trainer.checkpoint_path.is_file():
-                tracker.log_artifact(trainer.checkpoint_path, "checkpoints")
-        tracker.end(status)
+        errors.append(exc)
+    status = _close(trainer, tracker, status, errors, run_dir, log)
+    if errors:
+        raise errors[0]
     return RunResult(run_id, status, trainer.step, run_dir, trainer.last_metrics)
+
+
+def _close(trainer: Trainer | None, tracker: Tracker, status: str, errors: list[BaseException], run_dir: Path,
+           log: Callable[[str], None]) -> str:
+    """Write the run's last records and end its MLflow run; returns the status recorded. Each record is attempted
+    whatever failed before; a failure is appended to ``errors`` and makes a finished run FAILED. The errors after
+    the first are noted on it (and all are in ``traceback.txt``), never raised in its place."""
+
+    def attempt(what: str, fn: Callable, *args) -> None:
+        try:
+            fn(*args)
+        except OSError as exc:  # a full disk, a folder made read-only: the environment, said in one line
+            wrapped = FrameworkError(f"{what} failed ({type(exc).__name__}: {exc})")
+            wrapped.__cause__ = exc
+            errors.append(wrapped)
+        except BaseException as exc:  # a Ctrl-C here too: the run is still ended, KILLED
+            errors.append(exc)
+
+    if trainer is not None:
+        attempt("logging the energy metrics", trainer.log_energy)
+        if tracker.enabled:
+            attempt(f"writing {run_dir / ENERGY_FILE}", trainer.energy.write, run_dir)
+        if status == "FINISHED" and not errors and trainer.spec.tracking.log_checkpoint:
+            attempt("logging the checkpoint to MLflow", tracker.log_artifact, trainer.checkpoint_path, "checkpoints")
+    if errors:
+        status = "KILLED" if status == "KILLED" or any(isinstance(e, KeyboardInterrupt) for e in errors) else "FAILED"
+        if tracker.enabled:
+            text = "\n--- then, while ending the run:\n".join("".join(traceback.format_exception(e)) for e in errors)
+            attempt(f"writing {run_dir / 'traceback.txt'}", _log_traceback, tracker, run_dir, text)
+    attempt(f"ending the MLflow run {status}", tracker.end, status)
+    for exc in errors[1:]:
+        errors[0].__notes__ = [*getattr(errors[0], "__notes__", []),
+                               f"then, while ending the run: {type(exc).__name__}: {exc}"]
+    return status
+
+
+def _log_traceback(tracker: Tracker, run_dir: Path, text: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "traceback.txt").write_text(text)
+    tracker.log_artifact(run_dir / "traceback.txt")

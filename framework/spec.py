@@ -153,13 +153,17 @@ def spec_hash(resolved: Mapping) -> str:
 # ----------------------------------------------------------------------------------------------- loading
 
 def load_yaml(path: Path) -> dict:
-    """Read one YAML mapping; malformed YAML is reported with the file and line."""
+    """Read one YAML mapping; malformed YAML is reported with the file and line, a file that is not UTF-8 text
+    with the offset of its first bad byte."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{path}: spec file not found") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read spec ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); a spec "
+                        f"is a YAML text file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -1,15 +1,22 @@
 """MLflow tracking: the only module of the project that imports mlflow.
 
 Tracking URI: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's embedded sqlite store
-``sqlite:///mlflow.db`` in the working directory (artifacts under ``./mlruns``). The store is checked
-before anything is trained, so an unreachable server costs seconds, not a GPU hour. Reads (a run's
-checkpoint for ``generate`` or ``--resume``) first check that a local store exists (:func:`require_store`),
-so they never create an empty one as a side effect.
+``sqlite:///mlflow.db`` in the working directory. An experiment that this module creates in a local sqlite store
+keeps its artifacts beside the database, in ``<database file>-artifacts/<experiment>/`` (:func:`artifact_root`),
+so two stores never share an artifact folder and a store can be read from any working folder; experiments
+created before (MLflow's default, ``./mlruns`` of the folder they were created from) keep their location.
+
+The store is checked before anything is trained (:func:`check_store`; MLflow's HTTP and database retries are
+cut, so an unreachable server costs seconds, not a GPU hour; a missing database driver is named with its pip
+package), and so is the local folder that a run's artifacts go to (:meth:`Tracker.check_artifacts`). Reads (a
+run's checkpoint for ``generate`` or ``--resume``) first check that a local store exists
+(:func:`require_store`), so they never create an empty one as a side effect.
 
 Under ``torchrun`` only rank 0 tracks; other ranks get a :class:`Tracker` with ``enabled=False`` whose
 methods do nothing.
 
-``serve_ui`` runs MLflow's UI server in its own process group, ended with the parent, and prints each
+``serve_ui`` checks the store first (one-line errors for a server URI, an unreachable database or a missing
+driver), then runs MLflow's UI server in its own process group, ended with the parent, and prints each
 experiment's runs page in the UI's machine-learning view (MLflow 3 otherwise opens on GenAI traces).
 """
 
@@ -23,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -42,17 +50,89 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 @contextlib.contextmanager
 def _quick_failure() -> Iterator[None]:
-    """Fail fast on unreachable HTTP servers (MLflow otherwise retries with backoff for minutes)."""
+    """Fail fast on unreachable HTTP and database servers (MLflow otherwise retries with backoff for minutes:
+    HTTP requests, and ten attempts over 1 min 42 s to open a database)."""
+    from mlflow.store.db import utils as db_utils
+
     keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     saved = {k: os.environ.get(k) for k in keys}
     for k, v in keys.items():
         os.environ.setdefault(k, v)
+    retries, db_utils.MAX_RETRY_COUNT = db_utils.MAX_RETRY_COUNT, 1
     try:
         yield
     finally:
+        db_utils.MAX_RETRY_COUNT = retries
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
+
+
+# the pip package of each database driver that SQLAlchemy's default dialects import
+_DRIVERS = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "pymysql": "pymysql",
+            "MySQLdb": "mysqlclient", "pyodbc": "pyodbc", "oracledb": "oracledb"}
+
+
+def check_store(uri: str) -> None:
+    """TrackingError, in one line with what to do, unless the store ``uri`` answers a query."""
+    import mlflow
+
+    try:
+        with _quick_failure():
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        missing = next((e for e in _chain(exc) if isinstance(e, ModuleNotFoundError)), None)
+        if missing is not None and missing.name:
+            raise TrackingError(f"the tracking store {uri} needs the database driver '{missing.name}', which is not "
+                                f"installed: pip install {_DRIVERS.get(missing.name, missing.name)}") from exc
+        raise TrackingError(f"MLflow tracking store {uri} is not reachable ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:300]}); start the server, fix --tracking-uri / "
+                            f"MLFLOW_TRACKING_URI, or unset it to use ./mlflow.db") from exc
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why a file cannot be created in ``folder`` (made first if missing), in words; None when one can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return None
+
+
+def artifact_root(uri: str) -> Path | None:
+    """The folder beside a local sqlite database where the experiments this module creates keep their artifacts
+    (``/data/m.db`` -> ``/data/m.db-artifacts``); None for other stores (a file store keeps them inside itself,
+    a server where it is configured to)."""
+    path = local_store(uri) if uri.startswith("sqlite:") else None
+    return None if path is None else path.resolve().with_name(path.name + "-artifacts")
+
+
+def _new_artifact_folder(uri: str) -> Path | None:
+    """Where a new experiment's artifacts go: beside a sqlite database, inside a file store, ``./mlruns`` for
+    another database (MLflow's default); None for a server."""
+    from urllib.parse import urlparse
+
+    if urlparse(uri).scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql", "oracle"):
+        return artifact_root(uri) or Path("mlruns").resolve()
+    return local_store(uri)
+
+
+def _local_folder(location: str) -> Path | None:
+    """The local folder of an artifact location (a path or file: URI); None for a remote one."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(location)
+    return Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
 
 
 class Tracker:
@@ -62,6 +142,7 @@ class Tracker:
         self.uri = tracking_uri(uri)
         self.enabled = enabled
         self.run_id: str | None = None
+        self.artifact_uri: str | None = None  # where the run's artifacts go (set by start)
         if enabled:
             import mlflow
 
@@ -69,16 +150,31 @@ class Tracker:
             mlflow.set_tracking_uri(self.uri)
 
     def check(self) -> None:
-        """Raise TrackingError if the store cannot be reached or written."""
+        """Raise TrackingError if the store cannot be reached."""
+        if self.enabled:
+            check_store(self.uri)
+
+    def check_artifacts(self, experiment: str) -> None:
+        """TrackingError unless files can be created in the local folder that ``experiment``'s artifacts go to
+        (its artifact location, or where a new experiment's will be); a remote location is not checked."""
         if not self.enabled:
             return
-        try:
-            with _quick_failure():
-                self._mlflow.MlflowClient(self.uri).search_experiments(max_results=1)
-        except Exception as exc:
-            raise TrackingError(f"MLflow tracking store {self.uri} is not reachable ({type(exc).__name__}: "
-                                f"{str(exc)[:300]}); start the server, fix --tracking-uri / MLFLOW_TRACKING_URI, "
-                                f"or unset it to use ./mlflow.db") from exc
+        exp = self._mlflow.MlflowClient(self.uri).get_experiment_by_name(experiment)
+        folder = _local_folder(exp.artifact_location) if exp else _new_artifact_folder(self.uri)
+        problem = folder and unwritable(folder)
+        if problem:
+            raise TrackingError(f"the artifact folder {folder} of experiment '{experiment}' in {self.uri} is not "
+                                f"writable ({problem}); make it writable, or log to a store in a writable folder "
+                                f"with --tracking-uri")
+
+    def _experiment_id(self, name: str) -> str:
+        """The id of experiment ``name``, made active; a new one in a local sqlite store gets its artifact folder
+        beside the database (:func:`artifact_root`)."""
+        root = artifact_root(self.uri)
+        client = self._mlflow.MlflowClient(self.uri)
+        if root is not None and client.get_experiment_by_name(name) is None:
+            client.create_experiment(name, artifact_location=str(root / re.sub(r"[^\w-]+", "_", name)))
+        return self._mlflow.set_experiment(name).experiment_id
 
     def start(self, experiment: str, run_name: str | None = None, run_id: str | None = None,
               system_metrics: bool = True, parent_run_id: str | None = None) -> str:
@@ -88,11 +184,11 @@ class Tracker:
             return run_id or ""
         mlflow = self._mlflow
         if run_id is None:
-            exp_id = mlflow.set_experiment(experiment).experiment_id
+            exp_id = self._experiment_id(experiment)
             run_name = self._free_name(exp_id, run_name) if run_name else None
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
                                log_system_metrics=system_metrics, parent_run_id=parent_run_id)
-        self.run_id = run.info.run_id
+        self.run_id, self.artifact_uri = run.info.run_id, run.info.artifact_uri
         return self.run_id
 
     def _free_name(self, experiment_id: str, name: str) -> str:
@@ -110,7 +206,7 @@ class Tracker:
     def open_parent(self, experiment: str, sweep_hash: str, name: str, tags: Mapping[str, Any]) -> str:
         """The sweep's parent run: the earlier one with the same sweep hash (set RUNNING again), or a new one."""
         client = self._mlflow.MlflowClient(self.uri)
-        exp_id = self._mlflow.set_experiment(experiment).experiment_id
+        exp_id = self._experiment_id(experiment)
         found = client.search_runs([exp_id], filter_string=f"tags.`sweep.sha256` = '{sweep_hash}'", max_results=1)
         if found:
             client.update_run(found[0].info.run_id, status="RUNNING")
@@ -201,7 +297,7 @@ def run_info(run_id: str, uri: str | None = None) -> dict[str, Any]:
                               f"list runs with `python -m framework ui` or check --tracking-uri") from None
     exp = client.get_experiment(run.info.experiment_id)
     return {"experiment": exp.name, "status": run.info.status, "tags": dict(run.data.tags),
-            "params": dict(run.data.params), "artifact_uri": run.info.artifact_uri}
+            "params": dict(run.data.params), "artifact_uri": run.info.artifact_uri, "end_time": run.info.end_time}
 
 
 def download_artifact(run_id: str, path: str, dst: str | Path, uri: str | None = None) -> Path:
@@ -314,10 +410,15 @@ def serve_ui(uri: str | None = None, port: int = 5000, log=functools.partial(pri
     the server's own."""
     uri = tracking_uri(uri)
     _check_port_free(port)
+    if uri.startswith(("http:", "https:")):
+        raise TrackingError(f"ui serves a store (a sqlite file, a folder, a database); {uri} is an MLflow server "
+                            f"already: open it in a browser")
     missing = _missing_store(uri)
     if missing:
         log(f"note: {missing} does not exist yet, so the UI starts empty (MLflow creates the file); pass "
             f"--tracking-uri or start from the folder where you ran `python -m framework run`")
+    else:
+        check_store(uri)  # a one-line error here, not the server's traceback
     base = f"http://127.0.0.1:{port}"
     # one worker serves one person; MLflow's default of 4 quadruples start-up time and memory on a small machine
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",

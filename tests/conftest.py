@@ -1,4 +1,5 @@
-"""Test-wide settings: no MLflow telemetry, one throw-away tracking store and runs folder per session."""
+"""Test-wide settings: no MLflow telemetry, one throw-away tracking store, runs folder and checkpoint cache per
+session."""
 
 import os
 
@@ -12,12 +13,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_store(tmp_path_factory):
-    """MLflow store and runs folder in a temporary directory, shared by the session (the sqlite schema
-    migration costs seconds, so one store serves every test)."""
+    """MLflow store, runs folder and checkpoint cache in a temporary directory, shared by the session (the sqlite
+    schema migration costs seconds, so one store serves every test)."""
     base = tmp_path_factory.mktemp("tracking")
-    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "FRAMEWORK_RUNS_DIR")}
+    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "FRAMEWORK_RUNS_DIR", "FRAMEWORK_CACHE_DIR")}
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{base}/mlflow.db"
     os.environ["FRAMEWORK_RUNS_DIR"] = str(base / "runs")
+    os.environ["FRAMEWORK_CACHE_DIR"] = str(base / "cache")
     yield base
     for k, v in old.items():
         if v is None:

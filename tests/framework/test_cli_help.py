@@ -1,5 +1,6 @@
 """``python -m framework --help`` shows every command, core and plugin, with its one-line help, and its prose
-never names a partial list of commands (the old description named six of nine)."""
+never names a partial list of commands (the old description named six of nine); every option of every command
+has help text."""
 
 import re
 
@@ -41,3 +42,11 @@ def test_main_help_exits_zero_and_prints_it(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "report" in out and "bench" in out and "analyze" in out
+
+
+def test_every_option_of_every_command_has_help(parser_and_help):
+    parser, _ = parser_and_help
+    sub = next(a for a in parser._actions if a.dest == "command")
+    bare = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, sp in sub.choices.items()
+            for a in sp._actions if not a.help]
+    assert bare == []

@@ -1,9 +1,11 @@
 """``audio_folder`` and ``maestro`` on tiny generated files: every format and rate the brief names (16/24-bit,
-8-bit, float, mono, 44.1/48 kHz, ogg), corrupt/empty/short files skipped with one warning, MAESTRO's three
-metadata layouts and its split column, the cache validity check, and construction through the registry."""
+8-bit, float, mono, 44.1/48 kHz, ogg), corrupt/empty/short files and names that are not UTF-8 skipped with one
+warning, MAESTRO's three metadata layouts and its split column, the cache validity check, and construction
+through the registry."""
 
 import csv
 import json
+import os
 import warnings
 
 import numpy as np
@@ -222,3 +224,17 @@ def test_a_changed_source_folder_makes_the_cache_out_of_date_and_run_converts_it
     moved = tmp_path / "elsewhere"  # a cache used where its source folder does not exist: used as it is
     src.rename(moved)
     assert cls.is_prepared(p) and cls(p, split="train").total == 3 * RATE
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_with_its_reason(tmp_path):
+    src = tmp_path / "audio"
+    src.mkdir()
+    sf.write(src / "good.wav", sine(2, RATE), RATE)
+    os.link(os.fsencode(src / "good.wav"), os.fsencode(src) + b"/caf\xe9.wav")  # a Latin-1 byte in the name
+    cls, p = build("audio_folder", source=str(src), cache=str(tmp_path / "cache"), validation=0.0, test=0.0,
+                   workers=1)
+    with pytest.warns(UserWarning, match=r"1 file\(s\) skipped while preparing: caf\\xe9.wav: file name is not "
+                                         r"valid UTF-8 \(rename the file\)"):
+        assert "1 of 2 files cached" in cls.prepare(p)
+    assert json.loads((tmp_path / "cache" / "manifest.json").read_text())["skipped"] == [
+        "caf\\xe9.wav: file name is not valid UTF-8 (rename the file)"]
