@@ -3,8 +3,9 @@ plugins add (``analyze``); ``--help`` lists them all, core and plugin, from the 
 
 Every FrameworkError is printed as one ``error: ...`` line (what, where, what to do; errors that followed it
 while a run was ended, as indented notes) and exits with status 2; a bug prints its traceback. Every option
-has help text. A closed stdout (``... | head``) ends a command without a traceback; ``run`` keeps training. Plugin packages add subcommands through the
-``register_commands`` hook (the audio front end's ``analyze`` comes that way).
+has help text. A closed stdout (``... | head``) ends a command without a traceback; ``run`` keeps training.
+Plugin packages add subcommands through the ``register_commands`` hook (the audio front end's ``analyze``
+comes that way).
 """
 
 from __future__ import annotations

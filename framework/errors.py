@@ -29,7 +29,7 @@ class NonFiniteLossError(FrameworkError):
 
 
 class CheckpointError(FrameworkError):
-    """A checkpoint or run id cannot be found or read."""
+    """A checkpoint or run id cannot be found or read, or the runs folder cannot be written."""
 
 
 class TrackingError(FrameworkError):

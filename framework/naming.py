@@ -5,8 +5,9 @@ the ``--set`` overrides change the file, e.g.
 ``toy_synthetic smoke model.latent_dim=64 train.steps=10``. Sweep children are named after the grid values
 that make them. A name longer than :data:`MAX_CHARS` abbreviates every override instead of dropping any
 (``model.params.latent_dim`` -> ``m.latent_dim``, long values cut with ``…``), so the one that mattered is
-always there. Names are labels, not identities: the run id is the identity, and :meth:`framework.tracking.Tracker.start` appends
-``#2``, ``#3`` ... when the experiment already has a run of that name. This module does not touch MLflow.
+always there. Names are labels, not identities: the run id is the identity, and
+:meth:`framework.tracking.Tracker.start` appends ``#2``, ``#3`` ... when the experiment already has a run of that
+name. This module does not touch MLflow.
 """
 
 from __future__ import annotations

@@ -511,7 +511,7 @@ def find_checkpoint(run_id: str, tracker_uri: str | None, download_to: Path | No
     from framework.tracking import download_artifact, run_info, tracking_uri
 
     folder = download_to or local.parent
-    copy = folder / "checkpoints" / checkpoint.FILENAME
+    copy = folder / checkpoint.FILENAME
     try:
         ended = run_info(run_id, tracker_uri)["end_time"] or 0  # ms; a resumed run that ended again is newer
         if copy.is_file() and copy.stat().st_mtime * 1000 > ended:

@@ -159,6 +159,7 @@ class CacheWriter:
         self.samples[split] += int(pcm.shape[1])
 
     def skip(self, name: str, why: str) -> None:
+        name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")  # a bad byte as \xe9
         self.skipped.append(f"{name}: {why}")
 
     def _close_files(self) -> None:
@@ -229,6 +230,10 @@ def _decode(job: tuple[SourceFile, int, bool, float]) -> tuple[SourceFile, np.nd
     if not Path(src.path).is_file():
         return src, "no such file"
     try:
+        src.name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as surrogates: the index stores names as text
+        return src, "file name is not valid UTF-8 (rename the file)"
+    try:
         file_rate = audio_info(src.path)[0]
         x = read_audio(src.path, file_rate, mono_to_stereo=mono_to_stereo).numpy()  # (2, T) at the file's rate
     except DataError as exc:
@@ -281,8 +286,8 @@ def convert_files(root: str | Path, files: Sequence[SourceFile], *, sample_rate:
                   workers: int = 0, progress: bool = True) -> dict:
     """Decode, resample and store ``files`` as a cache at ``root``; returns the manifest.
 
-    Unreadable, empty, too short (and, with ``mono_to_stereo: false``, mono) files are skipped and
-    listed in the manifest and in one warning; they never stop the preparation.
+    Unreadable, empty, too short (and, with ``mono_to_stereo: false``, mono) files and files whose name is not
+    valid UTF-8 are skipped and listed in the manifest and in one warning; they never stop the preparation.
     """
     from tqdm.auto import tqdm
 
@@ -303,7 +308,8 @@ def split_of(key: str, validation: float, test: float) -> str:
     """Deterministic split of ``key`` (e.g. a relative path) from a stable hash, independent of the other keys."""
     import hashlib
 
-    u = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64  # uniform in [0, 1)
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()  # a name's bytes, valid UTF-8 or not
+    u = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
     return "test" if u < test else "validation" if u < test + validation else "train"
 
 

@@ -4,8 +4,8 @@ Every wav/flac/ogg/mp3 under ``source`` (recursively, hidden folders left out) t
 8/16/24-bit integer and float files, any rate (resampled to ``sample_rate`` with scipy's polyphase filter), mono
 duplicated to stereo (``mono_to_stereo``). A file's split follows from a hash of its path relative to
 ``source`` (``validation`` and ``test`` are fractions), so adding files never moves the others between
-splits. Unreadable, empty and too-short files are skipped with one warning and listed in the cache
-manifest. The cache format and the window sampling are in ``audio_cache.py``.
+splits. Unreadable, empty and too-short files, and files whose name is not valid UTF-8, are skipped with one
+warning and listed in the cache manifest. The cache format and the window sampling are in ``audio_cache.py``.
 """
 
 from __future__ import annotations
