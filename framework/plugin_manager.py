@@ -43,6 +43,7 @@ BUILTIN_MODULES = (
     "plugins.metrics.audio",
     "plugins.metrics.notes",
     "plugins.metrics.ladder",
+    "plugins.metrics.envelope",
 )
 
 

@@ -124,6 +124,8 @@ def make_runtime(spec: Spec, device: str | None = None) -> Runtime:
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if dev.type == "cuda":
+        if dev.index is None:  # torch < 2.12's set_device needs an index ("cuda" alone is a ValueError there)
+            dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
         torch.backends.cudnn.benchmark = True
     return Runtime(device=dev, precision=resolve_precision(spec.train.precision, dev), compile=spec.train.compile,

@@ -73,3 +73,11 @@ def test_criterion_bounds():
     c = Criterion("eval/x", min=0.5, max=0.9)
     assert c.holds(0.5) and c.holds(0.9) and not c.holds(0.49) and not c.holds(float("nan")) and not c.holds(None)
     assert str(c) == "eval/x >= 0.5 and <= 0.9"
+
+
+@pytest.mark.gpu
+def test_device_cuda_without_an_index_runs_on_the_current_device():
+    # torch < 2.12's cuda.set_device rejects torch.device("cuda"): found on the lent H200 (torch 2.11)
+    from framework.runner import make_runtime
+
+    assert make_runtime(_spec(), "cuda").device.index is not None
