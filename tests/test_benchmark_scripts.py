@@ -112,3 +112,18 @@ def test_piano_shaped_noise_keeps_the_envelope_and_drops_the_pitches():
     band = (np.abs(np.fft.rfft(smooth, axis=-1)) ** 2).mean((0, 1))
     assert band[(freqs > 385) & (freqs < 500)].sum() / band.sum() > 0.95  # still where the tone was
     assert np.isclose((smooth ** 2).mean(), (x ** 2).mean(), rtol=1e-3)
+
+
+def test_ladder_criteria_and_pitches_on_rung_1(tmp_path):
+    out = script("benchmarks/ladder_criteria.py", "experiments/ladder/01_sine_bin.yaml", "--repeats", "1", "--n", "8",
+                 "--out", str(tmp_path))
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
+    assert {"real", "loudness+tilt", "untrained G", "collapsed"} <= set(rows)
+    assert (tmp_path / "criteria.json").is_file()
+    registries = collect_registries()
+    spec = load_spec(ROOT / "experiments" / "ladder" / "01_sine_bin.yaml", registries, smoke=True,
+                     sets=["tracking.system_metrics=false"])
+    run_id = run(spec, registries, log=lambda m: None).run_id
+    lines = script("benchmarks/ladder_pitches.py", run_id, "--n", "16").stdout.splitlines()
+    assert lines[0] == "key real generated" and lines[-1].startswith("total variation")
+    assert sum(int(line.split()[1]) for line in lines[1:-1]) == 16  # every real clip has one key
