@@ -49,5 +49,10 @@ GPU_CHECK_ARGS ?=
 gpu-check: install
 	$(PY) -m framework gpu-check --out outputs/gpu_check $(GPU_CHECK_ARGS)
 
+# On a CUDA machine, after gpu-check: the ladder's upper rungs (chords, piano phrases at batch 64; docs/ladder.md).
+.PHONY: ladder-gpu
+ladder-gpu: install
+	$(PY) -m framework ladder 05 06 --keep-going --device cuda --out outputs/ladder_gpu
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
