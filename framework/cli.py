@@ -160,7 +160,10 @@ def cmd_bench(args) -> int:
 def cmd_ladder(args) -> int:
     from framework.ladder import run_ladder
 
-    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [0]
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        raise FrameworkError(f"ladder --seeds {args.seeds!r}: give comma-separated integers, e.g. --seeds 0,1") from None
     rows = run_ladder(_registries(), folder=Path(args.dir), rungs=args.rungs, seeds=seeds, sets=args.set or [],
                       smoke=args.smoke, tracking_uri=args.tracking_uri, device=args.device, out=Path(args.out),
                       keep_going=args.keep_going)

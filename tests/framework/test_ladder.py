@@ -43,3 +43,8 @@ def test_a_spec_without_until_is_not_a_rung(tmp_path, capsys):
     shutil.copy(ROOT / "experiments" / "toy_synthetic.yaml", tmp_path / "01_toy.yaml")
     assert main(["ladder", "--dir", str(tmp_path), "--smoke", "--out", str(tmp_path / "out")]) == 2
     assert "needs a train.until criterion" in capsys.readouterr().err
+
+
+def test_bad_seeds_are_one_line_errors(capsys):
+    assert main(["ladder", "01", "--seeds", "0,x"]) == 2
+    assert "--seeds '0,x': give comma-separated integers" in capsys.readouterr().err
