@@ -147,8 +147,7 @@ def run_rung(path: Path, registries, seed: int, *, sets: list[str], smoke: bool,
                                                                                                   tracking_uri))
     folder = out / f"{path.stem}_seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    wavs = sorted((result.run_dir / "samples").glob(f"step{result.step:07d}*"))
-    for f in wavs:
+    for f in sorted((result.run_dir / "samples").glob(f"step{result.step:07d}*")):  # the final wavs and PNGs
         shutil.copy2(f, folder / f.name)
     if result.status == "FINISHED":
         coefficients_figure(spec, result.run_dir, folder / "coefficients.png", device)
