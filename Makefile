@@ -38,12 +38,12 @@ demo: install
 demo-piano: soundfont install
 	$(PY) -m framework run $(DEMO_SPEC) $(DEMO_ARGS)
 	@echo
-	$(PY) -m framework.energy --last
+	$(PY) -m framework energy --last
 
 test: install
 	$(PY) -m pytest -q
 
-# On a CUDA machine: every GPU check and timing in one command (framework/gpucheck.py); GPU_CHECK_ARGS=--smoke on a CPU.
+# On a CUDA machine: every GPU check and timing in one command (plugins/commands/gpu_check.py); GPU_CHECK_ARGS=--smoke on a CPU.
 GPU_CHECK_ARGS ?=
 .PHONY: gpu-check
 gpu-check: install

@@ -38,7 +38,7 @@ Cases (the "fake" side; every change is made to each note on its own, before the
 Printed: a markdown table per data set, mean ± std over ``--repeats`` of ``envelope_frechet``, its separation from the
 ``real`` row in standard deviations ((case - real) / sqrt(std_case^2 + std_real^2)), the generated side's median
 attack, decays and onset strength and notes per second, and ``frechet_transcriber`` (with its own separation)
-when a valid cache of it is in ``--transcriber-root`` (never built here: ``python -m plugins.metrics.transcriber``
+when a valid cache of it is in ``--transcriber-root`` (never built here: ``python -m framework build-transcriber``
 builds it, ~13 min on 2 cores); written: ``envelope_yardstick.json`` in ``--out``. docs/metrics.md, "Envelopes",
 quotes its output.
 """
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from framework.protocols import DataInfo
-from plugins.datasets import piano
+from plugins.common.piano_render import choose_renderer, render_notes
 from plugins.datasets.piano_notes import PianoNotes, _render
 from plugins.metrics.envelope import Envelope
 from plugins.metrics.ladder import baseline_audio
@@ -137,7 +137,7 @@ class Phrases:
     """Random phrases (see the module docstring), every note rendered alone and kept, so each case changes notes."""
 
     def __init__(self):
-        self.renderer = piano.choose_renderer("auto", "")
+        self.renderer = choose_renderer("auto", "")
         self.info = DataInfo(kind="audio", shape=(2, PHRASE_SAMPLES), sample_rate=RATE)
         self.gain = 0.25  # fixed: about -6 dBFS peaks for 4 notes per second at these velocities
         self._notes: dict[tuple, np.ndarray] = {}
@@ -155,7 +155,7 @@ class Phrases:
         """One note struck at 0 and released at ``hold`` s, (2, T), rendered once per (key, velocity, hold)."""
         k = (key, velocity, round(hold, 4))
         if k not in self._notes:
-            self._notes[k] = piano.render_notes(np.array([[0.0, hold, 0, key, velocity]]), self.renderer, RATE)
+            self._notes[k] = render_notes(np.array([[0.0, hold, 0, key, velocity]]), self.renderer, RATE)
         return self._notes[k]
 
     def clip(self, seed: tuple, name: str) -> np.ndarray:
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n### {which}\n\n{table(results, transcriber is not None)}\n", flush=True)
         if transcriber is None:
             print(f"frechet_transcriber: not measured (no valid cache in {args.transcriber_root}; build it with "
-                  f"`python -m plugins.metrics.transcriber`, ~13 min on 2 cores, then rerun this command)\n")
+                  f"`python -m framework build-transcriber`, ~13 min on 2 cores, then rerun this command)\n")
     print(f"{time.perf_counter() - started:.0f} s")
     path = Path(args.out)
     path.mkdir(parents=True, exist_ok=True)

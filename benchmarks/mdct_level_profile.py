@@ -5,7 +5,7 @@ real clips, the untrained generator and the generators of given checkpoints, as 
         --data data/piano --out docs/figures/mp3net-demo/level_profile.png
 
 On the built-in piano set the real level falls by ~65 dB from below 1.4 kHz to above 5.5 kHz; an untrained
-generator is flat (docs/mp3net.md). How far a run has moved from flat towards the real profile is the
+generator is flat (docs/notes/mp3net-small-cpu.md). How far a run has moved from flat towards the real profile is the
 difference between hiss and a dark, piano-like timbre. The real clips come from the checkpoint's own dataset
 spec (``--data`` overrides its root); the untrained generator is a fresh model of the first checkpoint's spec,
 initialised after seeding with the run's seed (the runner's own step-0 weights are not stored, so it need not be
@@ -25,9 +25,8 @@ from pathlib import Path
 import torch
 
 from framework import checkpoint
-from framework.build import _construct, build_dataset
+from framework.build import build_dataset
 from framework.generate import load_model
-from framework.runner import seed_everything
 from plugins.metrics.basic import shared_energy_pct
 
 
@@ -57,9 +56,7 @@ def main() -> None:
     curves = {"real": level_db(X), "real+noise": level_db(rep.critic_view(X))}
     shared = {"real": shared_energy_pct(X)}
 
-    seed_everything(spec.seed)
-    loss = _construct(spec.loss, "loss", weights=spec.loss.weights)
-    untrained = _construct(spec.model, "model", representation=rep, loss=loss, data_info=info, runtime=runtime)
+    untrained = load_model(states[0], "cpu", weights=False)[0]  # as initialised from the spec's seed
     torch.manual_seed(0)
     X = untrained.sample(args.n)
     curves["untrained"], shared["untrained"] = level_db(X), shared_energy_pct(X)

@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 
 from framework import checkpoint
-from framework.build import _construct, build_dataset
+from framework.build import build_dataset
 from framework.generate import load_model
-from framework.runner import seed_everything
 
 
 def db(x: torch.Tensor) -> float:
@@ -46,13 +45,12 @@ def main() -> None:
     if args.steps < 5 or args.items < 1:
         raise SystemExit("--steps must be >= 5 and --items >= 1")
 
-    _, rep, info, spec, runtime = load_model(checkpoint.load(args.checkpoint), "cpu")
+    state = checkpoint.load(args.checkpoint)
+    _, rep, info, spec, runtime = load_model(state, "cpu")
     ds = build_dataset(spec, "train")
     with torch.no_grad():
         target = rep.encode(torch.stack([torch.as_tensor(ds[i]) for i in range(args.items)]))  # (n, C, N, K)
-    seed_everything(spec.seed)
-    loss = _construct(spec.loss, "loss", weights=spec.loss.weights)
-    model = _construct(spec.model, "model", representation=rep, loss=loss, data_info=info, runtime=runtime)
+    model = load_model(state, "cpu", weights=False)[0].train()  # as initialised from the spec's seed
     g = model.generator
     z = torch.randn(args.items, model.params.latent_dim)  # fixed latents, one per clip
     opt = torch.optim.Adam(g.parameters(), lr=args.lr, betas=(0.5, 0.9))

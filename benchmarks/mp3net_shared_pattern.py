@@ -13,7 +13,7 @@ For each checkpoint: the shared energy of ``--n`` samples (latent seed 0); of th
 the samples, past the first 128 blocks, where the clip fades in), the share of its energy that is constant over
 time in each bin and the share at time periods dividing 16 blocks (the x2 transposed convs' period); and the
 mean tonality (the ``tonality`` metric) of the samples, of the common part alone and of the samples minus it.
-docs/mp3net.md, "Samples that do not depend on z".
+docs/notes/mp3net-small-cpu.md, "Samples that do not depend on z".
 """
 
 from __future__ import annotations

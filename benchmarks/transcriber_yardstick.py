@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from plugins.metrics import transcriber as tr
+from plugins.metrics import transcriber_train as trt
 from plugins.metrics import notes as notes_mod
 from plugins.metrics.notes import FrechetTranscriber, NoteStats, TranscriberParams
 
@@ -57,7 +58,9 @@ def split_audio(root: Path, rows: list[dict], split: str) -> list[np.ndarray]:
 def render_shifted(root: Path, rows: list[dict], renderer: str, semitones: int) -> list[np.ndarray]:
     """The test pieces rendered from their MIDI ``semitones`` up, cut where the originals start (so a window at
     the same offset holds the same notes) and peak-normalised like them."""
-    from plugins.datasets.piano import PEAK_DBFS, midi_notes, render_notes
+    from plugins.common.midi import midi_notes
+    from plugins.common.piano_render import render_notes
+    from plugins.datasets.piano import PEAK_DBFS
 
     out = []
     for r in rows:
@@ -72,18 +75,18 @@ def render_shifted(root: Path, rows: list[dict], renderer: str, semitones: int) 
     return out
 
 
-def midi_rolls(root: Path, rows: list[dict], sounding: tr.Sounding) -> list[np.ndarray]:
+def midi_rolls(root: Path, rows: list[dict], sounding: trt.Sounding) -> list[np.ndarray]:
     """The test pieces' piano rolls of sounding notes (the transcriber's target) from their MIDI, bool
     ``(frames, 88)``, aligned with the FLACs."""
     from plugins.common.audio_io import audio_info
-    from plugins.datasets.piano import midi_notes
+    from plugins.common.midi import midi_notes
 
     out = []
     for r in rows:
         if r["split"] == "test":
             notes = midi_notes((root / r["midi_filename"]).read_bytes())
             notes[:, :2] -= r["audio_start_seconds"]
-            out.append(tr.piano_roll(notes, tr.frames_of(audio_info(root / r["audio_filename"])[2]), sounding))
+            out.append(trt.piano_roll(notes, tr.frames_of(audio_info(root / r["audio_filename"])[2]), sounding))
     return out
 
 
@@ -186,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     torch.set_grad_enabled(False)
     root = Path(args.root)
-    _, meta = tr.load(root, args.recipe)
+    _, meta = trt.load_or_build(root, args.recipe)
     rows = meta["rows"]
     validation, test = split_audio(root, rows, "validation"), split_audio(root, rows, "test")
     shifted = render_shifted(root, rows, meta["renderer"], 1)
-    rolls = midi_rolls(root, rows, tr.Sounding(meta["renderer"], meta["recipe"]["sounding_db"]))
+    rolls = midi_rolls(root, rows, trt.Sounding(meta["renderer"], meta["recipe"]["sounding_db"]))
     info = DataInfo(kind="audio", shape=(2, args.samples), sample_rate=tr.SAMPLE_RATE)
     runtime = type("R", (), {"device": torch.device("cpu")})()
     p = TranscriberParams(root=str(root), recipe=args.recipe)

@@ -16,7 +16,7 @@ from torch import Tensor
 from framework.protocols import DataInfo
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,7 +35,7 @@ def image_grid(x: Tensor, path: Path, columns: int | None = None) -> Path:
     for i in range(b):
         r, q = divmod(i, cols)
         grid[r * (h + 2) + 1:r * (h + 2) + 1 + h, q * (w + 2) + 1:q * (w + 2) + 1 + w] = x[i].transpose(1, 2, 0)
-    plt = _pyplot()
+    plt = pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     plt.imsave(path, grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
     return path
@@ -43,7 +43,7 @@ def image_grid(x: Tensor, path: Path, columns: int | None = None) -> Path:
 
 def spectrogram_png(x: Tensor, sample_rate: int, path: Path, title: str = "") -> Path:
     """Log-power STFT spectrogram of ``(C, T)`` audio, one panel per channel, time in s, frequency in Hz."""
-    plt = _pyplot()
+    plt = pyplot()
     x = x.detach().float().cpu()
     n_fft = min(1024, 2 ** int(math.log2(max(x.shape[1] - 1, 2))))  # short clips: reflect padding must fit
     window = torch.hann_window(n_fft)
@@ -88,7 +88,7 @@ def save_samples(x: Tensor, info: DataInfo, out_dir: Path, stem: str, labels: li
 
 def line_plot(series: dict[str, list[tuple[int, float]]], path: Path, ylabel: str, title: str = "") -> Path:
     """One line per named series of (step, value) pairs."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, points in series.items():
         if points:

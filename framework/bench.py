@@ -1,7 +1,7 @@
-"""``python -m framework bench SPEC|PRESET``: time one training step of several variants of a spec, in one run.
+"""``python -m framework bench SPEC``: time one training step of several variants of a spec, in one run.
 
-Each variant is the spec with ``--set``-style overrides (``--variant name:key=v,key=v``; the presets below give
-the ones the docs report). Timing uses synthetic batches of the representation's shape, so no data is needed:
+Each variant is the spec with ``--set``-style overrides: ``--variant name:key=v,key=v``, else the spec's own
+``bench:`` list (``- {name: NAME, set: [key=v, ...]}``: the variants the docs report), else the spec as it is. Timing uses synthetic batches of the representation's shape, so no data is needed:
 after ``--warmup`` steps, ``--steps`` calls of ``model.train_step`` are timed with the device synchronised
 only around the whole loop. Reported per variant: seconds per step (median of ``--repeats`` loops), peak
 device memory, the share of the step spent in the representation (encode + the two ``critic_view`` calls of
@@ -14,7 +14,6 @@ something only on a GPU; on a CPU compare the ratios between variants of the sam
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import statistics
@@ -23,28 +22,11 @@ from pathlib import Path
 
 import torch
 
-from framework.build import _construct
+from framework.build import build_model
 from framework.errors import FrameworkError
 from framework.protocols import DataInfo
-from framework.runner import choose_device, seed_everything
-from framework.runtime import Runtime, resolve_precision
+from framework.runtime import Runtime, choose_device, resolve_precision, seed_everything
 from framework.spec import load_spec
-
-PRESETS = {
-    # the paper's model; "naive" is a straightforward port: fp32 (TF32 off), stock convolution double backward
-    "mp3net": ("experiments/mp3net_piano.yaml", [
-        "naive:train.precision=fp32,model.params.fast_gp_conv=false,model.params.channels_last=false",
-        "optimised:train.precision=bf16,model.params.fast_gp_conv=true,model.params.channels_last=true",
-        "optimised_lazy_gp4:train.precision=bf16,model.params.fast_gp_conv=true,model.params.channels_last=true,"
-        "loss.params.gp_every=4",
-    ]),
-    "mp3net_small": ("experiments/mp3net_piano_small.yaml", [
-        "naive:train.precision=fp32,model.params.fast_gp_conv=false",
-        "fast_gp_conv:train.precision=fp32,model.params.fast_gp_conv=true",
-        "lazy_gp4:train.precision=fp32,model.params.fast_gp_conv=true,loss.params.gp_every=4",
-    ]),
-}
-
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
     name, sep, sets = text.partition(":")
@@ -68,10 +50,8 @@ def bench_variant(spec, device: torch.device, batch: int, steps: int, warmup: in
         torch.backends.cudnn.allow_tf32 = False
         torch.cuda.reset_peak_memory_stats(device)
     seed_everything(spec.seed)
-    info = _data_info(spec)
-    rep = _construct(spec.representation, "representation", data_info=info).to(device)
-    loss = _construct(spec.loss, "loss", weights=spec.loss.weights)
-    model = _construct(spec.model, "model", representation=rep, loss=loss, data_info=info, runtime=runtime).to(device)
+    info = spec.dataset.cls.describe(spec.dataset.params)  # the data's shape, without reading data
+    rep, _, model = build_model(spec, runtime, info)
     result = {"params": sum(p.numel() for p in model.parameters()), "precision": runtime.precision, "batch": batch}
     if steps > 0:  # --steps 0 times generation only (e.g. the paper's model on a CPU, where a step takes minutes)
         x = (torch.rand(batch, *info.shape, device=device) * 2 - 1) * 0.3  # (B, *data.shape)
@@ -129,25 +109,15 @@ def _generation(model, rep, info: DataInfo, device, batch: int, repeats: int) ->
             "generation_batch": batch}
 
 
-def _data_info(spec) -> DataInfo:
-    """The data shape the spec's dataset would give, without reading data (built from its Params)."""
-    p = spec.dataset.params
-    if hasattr(p, "window_samples"):
-        return DataInfo(kind="audio", shape=(2, p.window_samples), sample_rate=p.sample_rate)
-    if hasattr(p, "samples") and hasattr(p, "sample_rate"):
-        return DataInfo(kind="audio", shape=(p.channels, p.samples), sample_rate=p.sample_rate)
-    ds = _construct(spec.dataset, "dataset", split="train")
-    return ds.info
-
-
-def run_bench(target: str, registries, *, variants: list[str], sets: list[str], batch: int | None, steps: int,
+def run_bench(spec_path: str, registries, *, variants: list[str], sets: list[str], batch: int | None, steps: int,
               warmup: int, repeats: int, device: str | None, out: Path | None, gen_batch: int,
               smoke: bool = False) -> dict:
+    """Time ``variants`` (``name:key=v,key=v`` texts; none: the spec's ``bench:`` list) of the spec at
+    ``spec_path``; print the table, write the JSON to ``out``, return the results."""
     if steps < 0 or warmup < 0 or repeats < 1 or gen_batch < 1:
         raise FrameworkError("bench: --steps and --warmup must be >= 0, --repeats and --gen-batch >= 1")
-    spec_path, preset = PRESETS.get(target, (target, []))
-    if not Path(spec_path).is_file():
-        raise FrameworkError(f"bench: '{target}' is neither a preset ({', '.join(PRESETS)}) nor a spec file")
+    listed = load_spec(spec_path, registries, sets=list(sets), smoke=smoke).bench  # also: a missing/bad spec
+    todo = [parse_variant(v) for v in variants] or [(k, list(v)) for k, v in listed.items()] or [("default", [])]
     dev = choose_device(device or "auto")
     cpu = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     results = {"spec": spec_path, "smoke": smoke,
@@ -155,8 +125,7 @@ def run_bench(target: str, registries, *, variants: list[str], sets: list[str], 
                "torch": torch.__version__, "steps": steps, "warmup": warmup, "repeats": repeats, "variants": {}}
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
-        for text in variants or preset or ["default:"]:
-            name, vsets = parse_variant(text)
+        for name, vsets in todo:
             spec = load_spec(spec_path, registries, sets=list(sets) + vsets, smoke=smoke)
             b = batch or spec.train.batch_size
             what = f"batch {b}" if steps else f"generation only, batch {gen_batch}"

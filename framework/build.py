@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from framework.errors import DataError, FrameworkError
-from framework.protocols import Dataset, Loss, Metric, Model, Representation
+from framework.protocols import DataInfo, Dataset, Loss, Metric, Model, Representation
 from framework.runtime import Runtime
 from framework.spec import PluginBlock, Spec
 
@@ -57,13 +57,20 @@ def build_dataset(spec: Spec, split: str, use: str = "training") -> Dataset:
     return ds
 
 
-def build(spec: Spec, runtime: Runtime, dataset: Dataset | None = None) -> Components:
-    dataset = dataset or build_dataset(spec, "train")
-    info = dataset.info
+def build_model(spec: Spec, runtime: Runtime, info: DataInfo) -> tuple[Representation, Loss, Model]:
+    """The representation, loss and model for data described by ``info``, on ``runtime.device``: what ``run``,
+    ``generate`` (from a checkpoint's stored spec and data description) and ``bench`` build alike."""
     representation = _construct(spec.representation, "representation", data_info=info).to(runtime.device)
     loss = _construct(spec.loss, "loss", weights=spec.loss.weights)
     model = _construct(spec.model, "model", representation=representation, loss=loss, data_info=info,
                        runtime=runtime).to(runtime.device)
+    return representation, loss, model
+
+
+def build(spec: Spec, runtime: Runtime, dataset: Dataset | None = None) -> Components:
+    dataset = dataset or build_dataset(spec, "train")
+    info = dataset.info
+    representation, loss, model = build_model(spec, runtime, info)
     metrics = [_construct(m, "metric", representation=representation, data_info=info, runtime=runtime)
                for m in spec.metrics]
     return Components(dataset, representation, loss, model, metrics)

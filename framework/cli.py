@@ -11,24 +11,34 @@ comes that way).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+import yaml  # noqa: E402
+
+from framework.bench import run_bench  # noqa: E402
+from framework.energy import summary, summary_path  # noqa: E402
 from framework.errors import FrameworkError  # noqa: E402
+from framework.generate import generate  # noqa: E402
+from framework.ladder import run_ladder, table  # noqa: E402
+from framework.plugin_manager import collect_commands, collect_registries  # noqa: E402
+from framework.report import report  # noqa: E402
+from framework.runner import resume_spec, run, say  # noqa: E402
+from framework.runtime import runs_dir  # noqa: E402
+from framework.spec import load_spec  # noqa: E402
+from framework.sweep import run_sweep  # noqa: E402
+from framework.tracking import serve_ui, tracking_uri  # noqa: E402
 
 
 def _registries():
-    from framework.plugin_manager import collect_registries
-
     return collect_registries()
 
 
 def _load(args, registries):
-    from framework.spec import load_spec
-
     return load_spec(args.spec, registries, sets=args.set or [], smoke=getattr(args, "smoke", False))
 
 
@@ -38,8 +48,6 @@ def cmd_validate(args) -> int:
             f"loss={spec.loss.name} metrics=[{', '.join(m.name for m in spec.metrics)}]"
     print(f"{args.spec}: valid ({names}; spec sha256 {spec.sha256[:12]})")
     if args.print:
-        import yaml
-
         print(yaml.safe_dump(spec.resolved, sort_keys=False))
     return 0
 
@@ -47,8 +55,6 @@ def cmd_validate(args) -> int:
 def _run_spec(args, registries):
     """The spec ``run`` trains: SPEC with --smoke and --set; with --resume, the one stored in the run's checkpoint
     (SPEC, optional then, is not read again; --set may only change train.steps)."""
-    from framework.runner import resume_spec
-
     if args.resume and args.grid:
         raise FrameworkError("--resume applies to one run; re-run the sweep command to resume a sweep")
     if args.resume:
@@ -58,14 +64,12 @@ def _run_spec(args, registries):
                   f"is not read again; only --set train.steps=N may change it)")
         return spec
     if not args.spec:
-        raise FrameworkError("run: give a SPEC file (e.g. experiments/toy_synthetic.yaml), or --resume RUN_ID to "
+        raise FrameworkError("run: give a SPEC file (an experiment YAML; `ls experiments/`), or --resume RUN_ID to "
                              "continue a run")
     return _load(args, registries)
 
 
 def cmd_run(args) -> int:
-    from framework.runner import run, say
-
     registries = _registries()
     spec = _run_spec(args, registries)
     if args.grid or spec.grid:
@@ -73,8 +77,6 @@ def cmd_run(args) -> int:
     result = run(spec, registries, tracking_uri=args.tracking_uri, device=args.device, resume_run_id=args.resume)
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 reports
         return 0 if result.status == "FINISHED" else 1
-    from framework.tracking import tracking_uri
-
     say(f"\nrun {result.run_id}: {result.status} after {result.step} steps")
     say(f"  samples, plots, checkpoint: {result.run_dir}/")
     # the energy summary (per phase, labelled measured/estimated) was printed by the runner: totals only here
@@ -89,8 +91,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args, registries) -> int:
-    from framework.sweep import run_sweep
-
     results = run_sweep(args.spec, registries, sets=args.set or [], grid_items=args.grid or [], smoke=args.smoke,
                         tracking_uri=args.tracking_uri, device=args.device)
     print("\nsweep results:")
@@ -106,8 +106,6 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from framework.plugin_manager import collect_commands
-
     registries = _registries()
     for kind, reg in registries.items():
         print(f"{kind}:")
@@ -122,14 +120,10 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from framework.tracking import serve_ui
-
     return serve_ui(args.tracking_uri, args.port)
 
 
 def cmd_generate(args) -> int:
-    from framework.generate import generate
-
     paths = generate(run_id=args.run, checkpoint_path=args.checkpoint, n=args.n, seconds=args.seconds,
                      truncation=args.truncation, out=Path(args.out), device=args.device, batch=args.batch,
                      tracking_uri=args.tracking_uri, seed=args.seed, label=args.label)
@@ -138,8 +132,6 @@ def cmd_generate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from framework.report import report
-
     higher = {"higher": True, "lower": False}.get(args.better)
     paths = report(args.experiment, args.metric, Path(args.out or f"outputs/report/{args.experiment}"), higher,
                    args.tracking_uri)
@@ -149,17 +141,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from framework.bench import run_bench
-
-    run_bench(args.target, _registries(), variants=args.variant or [], sets=args.set or [], batch=args.batch,
+    run_bench(args.spec, _registries(), variants=args.variant or [], sets=args.set or [], batch=args.batch,
               steps=args.steps, warmup=args.warmup, repeats=args.repeats, device=args.device,
               out=Path(args.out) if args.out else None, gen_batch=args.gen_batch, smoke=args.smoke)
     return 0
 
 
 def cmd_ladder(args) -> int:
-    from framework.ladder import run_ladder
-
     try:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:
@@ -167,18 +155,16 @@ def cmd_ladder(args) -> int:
     rows = run_ladder(_registries(), folder=Path(args.dir), rungs=args.rungs, seeds=seeds, sets=args.set or [],
                       smoke=args.smoke, tracking_uri=args.tracking_uri, device=args.device, out=Path(args.out),
                       keep_going=args.keep_going)
-    from framework.ladder import table
-
     print("\n" + table(rows))
     print(f"\ntable, figures and wav files: {args.out}/")
     return 0 if rows and all(r.status == "FINISHED" for r in rows) else 1
 
 
-def cmd_gpu_check(args) -> int:
-    from framework.gpucheck import run_gpu_check
-
-    return run_gpu_check(_registries(), out=Path(args.out), work=Path(args.work) if args.work else None,
-                         minutes=args.minutes, smoke=args.smoke, data=args.data, tracking_uri=args.tracking_uri)
+def cmd_energy(args) -> int:
+    path = summary_path(runs_dir(), args.run_id, args.last)
+    record = json.loads(path.read_text())
+    print(f"run {path.parent.name}: " + "\n".join(summary(record["metrics"], record["tags"])))
+    return 0
 
 
 def build_parser(commands=None) -> argparse.ArgumentParser:
@@ -188,8 +174,8 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def spec_args(sp, smoke=True, optional=False):
-        sp.add_argument("spec", nargs="?" if optional else None, help="experiment YAML, e.g. experiments/mnist_dcgan"
-                        ".yaml" + ("; may be left out with --resume" if optional else ""))
+        sp.add_argument("spec", nargs="?" if optional else None,
+                        help="experiment YAML (a spec)" + ("; may be left out with --resume" if optional else ""))
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a key (value parsed as YAML), applied last; repeatable")
         if smoke:
@@ -224,15 +210,16 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="quality vs energy table and Pareto plot across an experiment's runs")
     rp.add_argument("experiment", help="MLflow experiment name (the spec's experiment:)")
-    rp.add_argument("--metric", help="quality metric key, e.g. eval/fid_mnist (default: chosen from the runs' "
-                                     "metrics, preferring FID / Frechet distances; the report says which)")
-    rp.add_argument("--better", choices=("higher", "lower"), help="direction of the metric (default: guessed)")
+    rp.add_argument("--metric", help="quality metric key, e.g. eval/NAME (default: chosen from the runs' "
+                                     "metrics: the first distance, else score, that the specs' metric plugins declare; the report says which)")
+    rp.add_argument("--better", choices=("higher", "lower"),
+                    help="direction of the metric (default: as its metric plugin declares, else lower)")
     rp.add_argument("--out", help="output folder (default outputs/report/EXPERIMENT)")
     rp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     rp.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="time training steps and generation of spec variants in one run")
-    b.add_argument("target", help="a preset (mp3net, mp3net_small) or a spec file")
+    b.add_argument("spec", help="a spec; its bench: block names the variants timed by default")
     b.add_argument("--variant", action="append", metavar="NAME:KEY=V,KEY=V", help="a variant to time (repeatable)")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every variant")
     b.add_argument("--batch", type=int, help="batch size (default: the spec's)")
@@ -259,16 +246,10 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     la.add_argument("--device", help="cpu | cuda | cuda:N (default: each spec's train.device, auto)")
     la.set_defaults(func=cmd_ladder)
 
-    gc = sub.add_parser("gpu-check", help="check and time everything GPU-specific in one command (CUDA machine)")
-    gc.add_argument("--minutes", type=float, default=8.0, help="budget of the whole check; stages that would not "
-                    "fit are skipped (default 8)")
-    gc.add_argument("--out", default="outputs/gpu_check", help="gpu_check.json + .md and the bench JSONs go here")
-    gc.add_argument("--work", help="data, runs and the MLflow store (default: $TMPDIR/framework-gpu-check)")
-    gc.add_argument("--data", choices=("piano", "synthetic"), default="piano",
-                    help="training data: a small rendered piano set (needs music21) or synthetic tones")
-    gc.add_argument("--tracking-uri", help="MLflow store (default: sqlite in --work)")
-    gc.add_argument("--smoke", action="store_true", help="every stage on the CPU with tiny models (what CI runs)")
-    gc.set_defaults(func=cmd_gpu_check)
+    en = sub.add_parser("energy", help="print a run's energy: training, generation, CO2e, measured or estimated")
+    en.add_argument("run_id", nargs="?", help="a run id (its folder under FRAMEWORK_RUNS_DIR or ./runs)")
+    en.add_argument("--last", action="store_true", help="the most recently finished run in that folder")
+    en.set_defaults(func=cmd_energy)
 
     g = sub.add_parser("generate", help="generate samples from a trained run or checkpoint")
     src = g.add_mutually_exclusive_group(required=True)
@@ -299,8 +280,6 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        from framework.plugin_manager import collect_commands
-
         parser = build_parser(collect_commands())
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)

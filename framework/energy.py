@@ -26,7 +26,7 @@ when ``energy.country_iso_code`` is set) and ``energy/<phase>_total_j`` sum both
 ``energy.total_estimated_parts`` lists the estimated parts. Phases that generate log J per item and, for audio,
 per second of audio.
 
-Each run writes its metrics and tags to ``runs/<run_id>/energy.json``; ``python -m framework.energy RUN_ID``
+Each run writes its metrics and tags to ``runs/<run_id>/energy.json``; ``python -m framework energy RUN_ID``
 (or ``--last``) prints them as labelled lines (what ``make demo-piano`` ends with).
 
 Deliberately not here: no network (codecarbon's table ships with the package), no power-supply losses or
@@ -36,12 +36,10 @@ holds (:meth:`EnergyMeter.state_dict`); what a killed session spent after its la
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import glob
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -54,7 +52,7 @@ from framework.errors import FrameworkError, did_you_mean
 J_PER_KWH = 3.6e6
 DEFAULT_W_PER_CPU = 4.0  # codecarbon 3.x DEFAULT_POWER_PER_CORE: its W per logical CPU for a CPU not in its table
 B_PER_GB = 1024**3  # codecarbon's B_TO_GB
-SUMMARY_FILE = "energy.json"  # written into the run's folder: `python -m framework.energy` reads it back
+SUMMARY_FILE = "energy.json"  # written into the run's folder: `python -m framework energy` reads it back
 
 
 # ------------------------------------------------------------------------------------------- readers
@@ -233,6 +231,32 @@ def codecarbon_watts_per_cpu(model: str) -> tuple[float | None, str]:
         return None, f"'{model}' is not in the {table}"
     sockets, cpus = count_physical_cpus(), psutil.cpu_count() or 1
     return tdp * sockets / cpus, f"{model}, TDP {tdp:g} W x {sockets} socket(s) / {cpus} logical CPUs, {table}"
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyConfig:
+    # Grid carbon intensity for CO2e. Default: the 2023 world average of electricity generation, 480 g/kWh
+    # (Ember, Global Electricity Review 2024). Set your own grid's value for a real estimate.
+    grid_gco2_per_kwh: float = 480.0
+    # W per logical CPU for the CPU-time estimate where no RAPL counter is readable. None: the CPU model's TDP
+    # from codecarbon's table (extra `energy`), else codecarbon's default, 4 W (framework/energy.py).
+    cpu_watts_per_core: float | None = None
+    # Power of resident memory: 3 W per 8 GB, codecarbon's RAM model before 3.0 (its 3.x model charges whole
+    # DIMMs, at least 10 W, to any process).
+    ram_watts_per_gb: float = 0.375
+    sample_every_s: float = 1.0  # how often resident memory (and a GPU without an energy counter) is sampled
+    # ISO 3166 alpha-3 code (FRA, USA, ...): the country's grid intensity from codecarbon's offline table
+    # (extra `energy`) replaces grid_gco2_per_kwh.
+    country_iso_code: str | None = None
+
+    def __post_init__(self):
+        if self.sample_every_s <= 0:
+            raise ValueError(f"energy.sample_every_s must be > 0 seconds, got {self.sample_every_s}")
+        for name in ("grid_gco2_per_kwh", "cpu_watts_per_core", "ram_watts_per_gb"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"energy.{name} must be >= 0, got {getattr(self, name)}")
+        if self.country_iso_code is not None:
+            country_intensity(self.country_iso_code)  # fails now, not at the run's start, on a bad code
 
 
 def country_intensity(code: str) -> tuple[float, str]:
@@ -447,7 +471,7 @@ class EnergyMeter:
         return out
 
     def write(self, folder: Path) -> Path:
-        """The metrics and tags as ``folder/energy.json`` (what ``python -m framework.energy`` prints)."""
+        """The metrics and tags as ``folder/energy.json`` (what ``python -m framework energy`` prints)."""
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / SUMMARY_FILE
         path.write_text(json.dumps({"metrics": self.metrics(), "tags": self.tags()}, indent=1))
@@ -500,27 +524,9 @@ def summary(metrics: dict[str, float], tags: dict[str, str]) -> list[str]:
     return lines + [f"  source {name}: {how}" for name, how in sources]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m framework.energy [RUN_ID | --last]``: print a run's energy summary from its folder."""
-    from framework.runner import runs_dir
-
-    ap = argparse.ArgumentParser(prog="python -m framework.energy", description=main.__doc__)
-    ap.add_argument("run_id", nargs="?", help="a run id (its folder under FRAMEWORK_RUNS_DIR or ./runs)")
-    ap.add_argument("--last", action="store_true", help="the most recently finished run in that folder")
-    args = ap.parse_args(argv)
-    try:
-        path = _summary_path(runs_dir(), args.run_id, args.last)
-    except FrameworkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    record = json.loads(path.read_text())
-    print(f"run {path.parent.name}: " + "\n".join(summary(record["metrics"], record["tags"])))
-    return 0
-
-
-def _summary_path(root: Path, run_id: str | None, last: bool) -> Path:
+def summary_path(root: Path, run_id: str | None, last: bool) -> Path:
     if bool(run_id) == last:
-        raise FrameworkError("give a run id or --last (python -m framework.energy RUN_ID)")
+        raise FrameworkError("give a run id or --last (python -m framework energy RUN_ID)")
     if run_id:
         path = root / run_id / SUMMARY_FILE
         if not path.is_file():
@@ -533,6 +539,3 @@ def _summary_path(root: Path, run_id: str | None, last: bool) -> Path:
                              f"or set FRAMEWORK_RUNS_DIR")
     return found[-1]
 
-
-if __name__ == "__main__":
-    sys.exit(main())

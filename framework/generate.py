@@ -19,14 +19,16 @@ import os
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from framework import artifacts, checkpoint
-from framework.build import _construct
+from framework.build import build_model
 from framework.energy import EnergyMeter, summary
 from framework.errors import CheckpointError, FrameworkError
 from framework.protocols import DataInfo
-from framework.runner import choose_device, find_checkpoint, runs_dir, seed_everything
-from framework.runtime import Runtime, resolve_precision
+from framework.plugin_manager import collect_registries
+from framework.runner import find_checkpoint
+from framework.runtime import Runtime, choose_device, resolve_precision, runs_dir, seed_everything
 from framework.spec import validate
 from framework.tracking import tracking_uri as resolve_uri
 
@@ -41,8 +43,6 @@ def cache_dir() -> Path:
 def load_model(state: dict, device: str | None, *, weights: bool = True):
     """(model, representation, data_info, spec, runtime) rebuilt from a loaded checkpoint; ``weights=False``
     keeps the model as initialised from the spec's seed (the run's untrained model)."""
-    from framework.plugin_manager import collect_registries
-
     if "data_info" not in state:
         raise CheckpointError("checkpoint has no data description (written by an older version); re-save it")
     spec = validate(state["spec"], collect_registries(), "checkpoint spec")
@@ -51,9 +51,7 @@ def load_model(state: dict, device: str | None, *, weights: bool = True):
     info = DataInfo(**state["data_info"])
     if not weights:
         seed_everything(spec.seed)  # as the runner does before it builds the components
-    rep = _construct(spec.representation, "representation", data_info=info).to(dev)
-    loss = _construct(spec.loss, "loss", weights=spec.loss.weights)
-    model = _construct(spec.model, "model", representation=rep, loss=loss, data_info=info, runtime=runtime).to(dev)
+    rep, _, model = build_model(spec, runtime, info)
     if weights:
         model.load_checkpoint_state(state["model"])
     model.eval()
@@ -87,8 +85,6 @@ def generate(*, run_id: str | None, checkpoint_path: str | None, n: int, seconds
         if length > info.shape[-1]:
             raise FrameworkError(f"--seconds {seconds}: this model generates {info.shape[-1] / info.sample_rate:.2f} s "
                                  f"clips; ask for that or less")
-    from tqdm.auto import tqdm
-
     seed_everything(seed)
     clip_s = (length or info.shape[-1]) / info.sample_rate if info.kind == "audio" else None
     meter = EnergyMeter(runtime.device, spec.energy, clip_s)

@@ -23,10 +23,14 @@ from pathlib import Path
 import torch
 
 from framework import checkpoint
+from framework.artifacts import pyplot
 from framework.build import build_dataset
+from framework.energy import SUMMARY_FILE, kind_label
 from framework.errors import FrameworkError
+from framework.generate import load_model
 from framework.runner import run
 from framework.spec import Spec, load_spec
+from framework.tracking import metric_history
 
 FIGURE_ITEMS = 4  # real and generated items per figure
 
@@ -70,8 +74,6 @@ def find_rungs(folder: Path, names: list[str]) -> list[Path]:
 
 
 def _energy_kind(run_dir: Path) -> str:
-    from framework.energy import SUMMARY_FILE, kind_label
-
     try:
         metrics = json.loads((run_dir / SUMMARY_FILE).read_text())["metrics"]
     except (OSError, ValueError, KeyError):
@@ -81,8 +83,6 @@ def _energy_kind(run_dir: Path) -> str:
 
 
 def _at_step0(spec: Spec, run_id: str, uri: str | None) -> dict[str, float]:
-    from framework.tracking import metric_history
-
     out = {}
     for c in spec.train.until:
         history = metric_history(run_id, c.metric, uri)
@@ -94,9 +94,6 @@ def _at_step0(spec: Spec, run_id: str, uri: str | None) -> dict[str, float]:
 def coefficients_figure(spec: Spec, run_dir: Path, path: Path, device: str | None = None) -> Path | None:
     """Real (the eval split's first items) and generated items of a finished run in the representation's
     coefficients, log magnitude of the first channel, time across; None when the items are not 2-D per channel."""
-    from framework.artifacts import _pyplot
-    from framework.generate import load_model
-
     model, rep, info, _, rt = load_model(checkpoint.load(run_dir / checkpoint.FILENAME), device)
     if len(rep.shape) != 3:
         return None
@@ -105,7 +102,7 @@ def coefficients_figure(spec: Spec, run_dir: Path, path: Path, device: str | Non
         torch.manual_seed(spec.seed)
         real = torch.stack([data[i] for i in range(min(FIGURE_ITEMS, len(data)))]).to(rt.device)
         pairs = [("real", rep.encode(real)), ("generated", model.sample(FIGURE_ITEMS).float())]
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, FIGURE_ITEMS, figsize=(2.6 * FIGURE_ITEMS, 5.2), squeeze=False)
     vmax = max(float(z.abs().max()) for _, z in pairs) + 1e-12
     for row, (name, z) in enumerate(pairs):

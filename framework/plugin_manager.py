@@ -42,8 +42,10 @@ BUILTIN_MODULES = (
     "plugins.metrics.mnist_classifier",
     "plugins.metrics.audio",
     "plugins.metrics.notes",
+    "plugins.metrics.transcriber_train",
     "plugins.metrics.ladder",
     "plugins.metrics.envelope",
+    "plugins.commands.gpu_check",
 )
 
 

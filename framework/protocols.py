@@ -71,6 +71,13 @@ class Dataset(torch.utils.data.Dataset, ABC):
         raise NotImplementedError(f"{type(self).__name__} has no labels (info.num_classes is 0)")
 
     @classmethod
+    def describe(cls, params: Any) -> DataInfo:
+        """The :class:`DataInfo` the dataset built from ``params`` would have (its ``info``), for commands that
+        need only the data's shape (``bench``). The default builds the train split; datasets whose shape follows
+        from their params override it so that no data is read or prepared."""
+        return cls(params, split="train").info
+
+    @classmethod
     def is_prepared(cls, params: Any) -> bool:
         """Whether :meth:`prepare` has already produced what ``__init__`` needs (the runner prepares
         automatically, with a message, when it has not)."""
@@ -188,9 +195,14 @@ class Metric(ABC):
     real and a generated batch, both ``(B, *data_info.shape)`` on ``runtime.device``; ``compute``
     returns named floats, logged as ``eval/<name>``. ``tags`` (optional) returns provenance strings logged as
     MLflow tags of the run, e.g. which trained judge network the metric's numbers come from.
+
+    ``higher_is_better`` names the quality figures among the names ``compute`` returns, each with its direction
+    (False: a distance or error, 0 is best), the plugin's headline figure first; ``report`` reads it to choose
+    and orient its quality axis. Names left out (real-vs-real floors, counts, diagnostics) are not quality figures.
     """
 
     Params: ClassVar[type]
+    higher_is_better: ClassVar[Mapping[str, bool]] = {}
 
     def tags(self) -> dict[str, str]:
         return {}

@@ -14,9 +14,11 @@ Reads the experiment's training runs from MLflow (sweep parents and reports are 
 
 Everything is keyed by run id, never by name: runs of one spec may share a name (older runs, or names cut
 short), and a label adds the short id wherever names collide. The quality metric is ``--metric`` (an error
-lists the metrics the runs have, with a close match) or, by default, the first metric of
-:data:`PREFERRED_METRICS` that a run of the experiment has, else its first ``eval/*`` metric in alphabetical
-order. Wall time is the run's ``perf/run_s`` (seconds actually spent running, summed over resumed sessions;
+lists the metrics the runs have, with a close match) or, by default, the quality figures the metric plugins of
+the runs' specs declare (:attr:`framework.protocols.Metric.higher_is_better`, in the order of the specs'
+``metrics:`` lists): the first declared distance (lower is better) that a run has, else the first declared
+score, else the runs' first ``eval/*`` metric in alphabetical order. Its direction is ``--better``, else the
+declared one, else lower is better (the report says which). Wall time is the run's ``perf/run_s`` (seconds actually spent running, summed over resumed sessions;
 see :mod:`framework.runner`); runs logged before that metric existed fall back to end minus start time,
 which counts any downtime before a resume, and the table marks them.
 
@@ -31,14 +33,15 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mlflow
+
 from framework import artifacts
 from framework.energy import kind_label, kwh_parts
-from framework.errors import FrameworkError, did_you_mean
+from framework.errors import FrameworkError, PluginError, did_you_mean
+from framework.plugin_manager import collect_registries
+from framework.tracking import Tracker, metric_history, require_store, tracking_uri
 
 SKIP_KINDS = ("sweep", "report")  # reports made before they got their own experiment lived among the runs
-# quality metrics in order of preference for the default: distances to the real data first, then scores
-PREFERRED_METRICS = ("eval/fid_mnist", "eval/frechet_transcriber", "eval/frechet_mdct", "eval/is_mnist",
-                     "eval/moments/std_diff")
 ACTIVE_TIME = "perf/run_s"
 
 
@@ -103,10 +106,6 @@ def _row(r) -> RunRow:
 
 def collect(experiment: str, uri: str | None = None) -> list[RunRow]:
     """The experiment's training runs, sorted by name then id, with the params that differ between them."""
-    import mlflow
-
-    from framework.tracking import require_store, tracking_uri
-
     client = mlflow.MlflowClient(require_store(uri))  # a report is a read: it never creates an empty store
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -120,7 +119,26 @@ def collect(experiment: str, uri: str | None = None) -> list[RunRow]:
     return sorted(rows, key=lambda r: (r.name, r.run_id))
 
 
-def choose_metric(rows: list[RunRow], requested: str | None, experiment: str) -> tuple[str, str]:
+def declared_metrics(rows: list[RunRow], registries) -> dict[str, bool]:
+    """``eval/<name>`` -> higher is better, for the quality figures that the metric plugins of the runs' specs
+    declare (``Metric.higher_is_better``), in the order of the specs' ``metrics:`` lists (run params
+    ``metrics.<i>.name``). A plugin that is not installed here declares nothing."""
+    out: dict[str, bool] = {}
+    for r in rows:
+        i = 0
+        while (name := r.params.get(f"metrics.{i}.name")) is not None:
+            i += 1
+            try:
+                cls = registries["metrics"].get(name).cls
+            except PluginError:
+                continue
+            for key, higher in getattr(cls, "higher_is_better", {}).items():
+                out.setdefault(f"eval/{key}", bool(higher))
+    return out
+
+
+def choose_metric(rows: list[RunRow], requested: str | None, experiment: str,
+                  declared: dict[str, bool]) -> tuple[str, str]:
     """The quality metric and how it was chosen; FrameworkError naming the metrics the runs do have."""
     have = sorted({k for r in rows for k in r.metrics})
     evals = [k for k in have if k.startswith("eval/")]
@@ -131,11 +149,12 @@ def choose_metric(rows: list[RunRow], requested: str | None, experiment: str) ->
         raise FrameworkError(
             f"report {experiment}: --metric {requested}: no run of the experiment logged it"
             f"{did_you_mean(requested, have)}; its runs have {'eval metrics' if evals else 'metrics'}: {listed}")
-    for key in PREFERRED_METRICS:
-        if key in have:
-            return key, f"the first of {', '.join(PREFERRED_METRICS)} that the runs have"
+    for want, what in ((False, "distance"), (True, "score")):
+        for key, higher in declared.items():
+            if higher == want and key in have:
+                return key, f"the first {what} that the metric plugins of the runs' specs declare"
     if evals:
-        return evals[0], "the runs' first eval/* metric in alphabetical order (none of the preferred ones)"
+        return evals[0], "the runs' first eval/* metric in alphabetical order (no metric plugin declares one)"
     raise FrameworkError(f"report {experiment}: no run of the experiment has an eval/* metric (runs that ended "
                          f"before their first evaluation?); pass --metric with one of: {', '.join(have[:30])}")
 
@@ -240,15 +259,17 @@ def report(experiment: str, metric: str | None, out: Path, higher_is_better: boo
            uri: str | None = None) -> dict[str, Path]:
     """Write the report of ``experiment`` to ``out`` and log it to ``<experiment>/reports``; ``metric`` None
     chooses one from the runs (see the module docstring)."""
-    from framework.tracking import Tracker, metric_history
-
     rows = collect(experiment, uri)
     if not rows:
         raise FrameworkError(f"experiment '{experiment}' has no training runs to report")
-    metric, how = choose_metric(rows, metric, experiment)
-    print(f"metric: {metric} ({how})")
+    declared = declared_metrics(rows, collect_registries())
+    metric, how = choose_metric(rows, metric, experiment, declared)
     if higher_is_better is None:
-        higher_is_better = any(s in metric.lower() for s in ("is_", "inception", "accuracy", "tonality"))
+        higher_is_better = declared.get(metric, False)
+        direction = "as its metric plugin declares" if metric in declared else "not declared: assumed"
+    else:
+        direction = "--better"
+    print(f"metric: {metric} ({how}; {'higher' if higher_is_better else 'lower'} is better, {direction})")
     for r in rows:
         r.quality = r.metrics.get(metric)
     energy_measured = any(r.energy_kwh is not None for r in rows)

@@ -29,7 +29,6 @@ import copy
 import dataclasses
 import os
 import platform
-import random
 import shlex
 import signal
 import subprocess
@@ -48,14 +47,10 @@ from framework.build import Components, build, build_dataset, ensure_prepared
 from framework.data import Labelled, eval_loader, train_loader
 from framework.energy import SUMMARY_FILE as ENERGY_FILE, EnergyMeter, seconds_per_item, summary
 from framework.errors import CheckpointError, FrameworkError, NonFiniteLossError, SpecError, TrackingError
-from framework.runtime import Runtime, resolve_precision
+from framework.runtime import Runtime, choose_device, resolve_precision, runs_dir, seed_everything
 from framework.spec import Spec, apply_set, flatten, parse_set, validate
-from framework.tracking import DEFAULT_URI, Tracker, require_store, unwritable
-
-
-def runs_dir() -> Path:
-    """Local folder of per-run files (checkpoints, samples): ``FRAMEWORK_RUNS_DIR`` or ``./runs``."""
-    return Path(os.environ.get("FRAMEWORK_RUNS_DIR", "runs"))
+from framework.tracking import DEFAULT_URI, Tracker, download_artifact, require_store, run_info, unwritable
+from framework.tracking import tracking_uri as resolve_uri
 
 
 class Quiet:
@@ -95,27 +90,6 @@ class RunResult:
     step: int
     run_dir: Path
     metrics: dict[str, float]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def choose_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise SpecError(f"unknown device '{requested}'; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError(f"device '{requested}' requested but CUDA is not available; use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise SpecError(f"device '{requested}': this machine has {torch.cuda.device_count()} CUDA device(s), "
-                        f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-    return device
 
 
 def make_runtime(spec: Spec, device: str | None = None) -> Runtime:
@@ -510,7 +484,6 @@ def find_checkpoint(run_id: str, tracker_uri: str | None, download_to: Path | No
     local = runs_dir() / run_id / checkpoint.FILENAME
     if local.is_file():
         return local
-    from framework.tracking import download_artifact, run_info, tracking_uri
 
     folder = download_to or local.parent
     copy = folder / checkpoint.FILENAME
@@ -527,7 +500,7 @@ def find_checkpoint(run_id: str, tracker_uri: str | None, download_to: Path | No
                               f"runs/)") from None
     except CheckpointError:
         raise CheckpointError(f"run {run_id}: no checkpoint at {local} and none logged to the run in the tracking "
-                              f"store {tracking_uri(tracker_uri)}; check the run id (python -m framework ui), "
+                              f"store {resolve_uri(tracker_uri)}; check the run id (python -m framework ui), "
                               f"--tracking-uri / MLFLOW_TRACKING_URI and FRAMEWORK_RUNS_DIR") from None
 
 

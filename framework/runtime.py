@@ -1,17 +1,25 @@
 """Runtime: the device, precision, compilation and process-group facts a model needs.
 
 The runner builds one :class:`Runtime` and injects it into models and metrics. Plugins use it instead of
-deciding devices or precision themselves (house habit 8: one owner per side effect).
+deciding devices or precision themselves (house habit 8: one owner per side effect). Also here, for every
+command that runs models (run, generate, bench): :func:`choose_device`, :func:`seed_everything` and
+:func:`runs_dir`, the local folder of per-run files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import random
+from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import nn
+
+from framework.errors import SpecError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -95,3 +103,29 @@ def describe(runtime: Runtime) -> dict[str, Any]:
     d = dataclasses.asdict(runtime)
     d["device"] = str(runtime.device)
     return d
+
+
+def runs_dir() -> Path:
+    """Local folder of per-run files (checkpoints, samples): ``FRAMEWORK_RUNS_DIR`` or ``./runs``."""
+    return Path(os.environ.get("FRAMEWORK_RUNS_DIR", "runs"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def choose_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise SpecError(f"unknown device '{requested}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError(f"device '{requested}' requested but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise SpecError(f"device '{requested}': this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return device

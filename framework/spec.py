@@ -23,6 +23,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
+from framework.energy import EnergyConfig
 from framework.errors import SpecError, did_you_mean
 from framework.registry import SINGULAR, Registry
 from framework.runtime import PRECISIONS
@@ -80,36 +81,10 @@ class TrackingConfig:
     log_checkpoint: bool = True  # log the final checkpoint as an artifact
 
 
-@dataclasses.dataclass(frozen=True)
-class EnergyConfig:
-    # Grid carbon intensity for CO2e. Default: the 2023 world average of electricity generation, 480 g/kWh
-    # (Ember, Global Electricity Review 2024). Set your own grid's value for a real estimate.
-    grid_gco2_per_kwh: float = 480.0
-    # W per logical CPU for the CPU-time estimate where no RAPL counter is readable. None: the CPU model's TDP
-    # from codecarbon's table (extra `energy`), else codecarbon's default, 4 W (framework/energy.py).
-    cpu_watts_per_core: float | None = None
-    # Power of resident memory: 3 W per 8 GB, codecarbon's RAM model before 3.0 (its 3.x model charges whole
-    # DIMMs, at least 10 W, to any process).
-    ram_watts_per_gb: float = 0.375
-    sample_every_s: float = 1.0  # how often resident memory (and a GPU without an energy counter) is sampled
-    # ISO 3166 alpha-3 code (FRA, USA, ...): the country's grid intensity from codecarbon's offline table
-    # (extra `energy`) replaces grid_gco2_per_kwh.
-    country_iso_code: str | None = None
-
-    def __post_init__(self):
-        if self.sample_every_s <= 0:
-            raise ValueError(f"energy.sample_every_s must be > 0 seconds, got {self.sample_every_s}")
-        for name in ("grid_gco2_per_kwh", "cpu_watts_per_core", "ram_watts_per_gb"):
-            if (getattr(self, name) or 0) < 0:
-                raise ValueError(f"energy.{name} must be >= 0, got {getattr(self, name)}")
-        if self.country_iso_code is not None:
-            from framework.energy import country_intensity
-
-            country_intensity(self.country_iso_code)  # fails now, not at the run's start, on a bad code
-
-
 TOP_LEVEL = {"experiment", "description", "seed", "train", "dataset", "representation", "model", "loss",
-             "metrics", "tracking", "energy", "smoke", "extends", "grid"}  # grid: sweeps (framework/sweep.py)
+             "metrics", "tracking", "energy", "smoke", "extends", "grid",  # grid: sweeps (framework/sweep.py)
+             "bench"}  # bench: the variants `python -m framework bench SPEC` times (framework/bench.py)
+NOT_RUN = ("grid", "bench")  # top-level blocks that are instructions to a command, not part of the run
 REQUIRED = ("experiment", "train", "dataset", "representation", "model", "loss")
 
 
@@ -136,9 +111,11 @@ class Spec:
     model: PluginBlock
     loss: PluginBlock
     metrics: tuple[PluginBlock, ...]
-    resolved: dict  # the fully resolved spec (no extends/smoke/grid keys), every default filled in
+    resolved: dict  # the fully resolved spec (no extends/smoke/grid/bench keys), every default filled in
     smoke: bool = False
     grid: bool = False  # the spec has a grid: block (python -m framework run sweeps it)
+    # bench: variant name -> its --set items, e.g. {"fp32": ("train.precision=fp32",)} (python -m framework bench)
+    bench: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     sets: tuple[str, ...] = ()  # the --set items applied to the file (run names show what they change)
 
     @property
@@ -449,7 +426,28 @@ def validate(data: dict, registries: Mapping[str, Registry], path: str, origins:
               "loss": chk.plugin(data["loss"], "loss", registries["losses"], with_weights=True),
               "metrics": tuple(chk.plugin(m, f"metrics.{i}", registries["metrics"]) for i, m in enumerate(metrics))}
     return Spec(path=str(path), experiment=data["experiment"], **configs, **blocks,
-                resolved=_resolved(data, configs, blocks), smoke=smoke, grid=bool(data.get("grid")))
+                resolved=_resolved(data, configs, blocks), smoke=smoke, grid=bool(data.get("grid")),
+                bench=_bench_variants(chk, data.get("bench")))
+
+
+def _bench_variants(chk: _Checker, bench: Any) -> dict[str, tuple[str, ...]]:
+    """``bench:`` as {variant: (set items)}. In the spec a list (so that ``extends:`` replaces it whole) of
+    ``{name: NAME, set: [key=value, ...]}``, each ``set`` item as ``--set`` takes it."""
+    if bench is None:
+        return {}
+    if not isinstance(bench, list):
+        chk.fail("bench", f"must be a list of {{name, set}} variants, got {bench!r}")
+    out = {}
+    for i, v in enumerate(bench):
+        if not isinstance(v, dict) or set(v) - {"name", "set"} or not isinstance(v.get("name"), str):
+            chk.fail(f"bench.{i}", f"must be {{name: NAME, set: [key=value, ...]}}, got {v!r}")
+        sets = v.get("set") or []
+        if not isinstance(sets, list) or not all(isinstance(x, str) and "=" in x for x in sets):
+            chk.fail(f"bench.{i}.set", f"must be a list of key=value strings (as --set takes), got {sets!r}")
+        if v["name"] in out:
+            chk.fail(f"bench.{i}.name", f"variant '{v['name']}' appears twice")
+        out[v["name"]] = tuple(sets)
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -477,7 +475,7 @@ def _resolved(data: dict, configs: dict, blocks: dict) -> dict:
     filled = {k: _plain(v) for k, v in configs.items()}
     filled.update({k: _block(b) for k, b in blocks.items() if k != "metrics"})
     filled["metrics"] = [_block(m) for m in blocks["metrics"]]
-    out = {k: copy.deepcopy(v) for k, v in data.items() if k != "grid"}
+    out = {k: copy.deepcopy(v) for k, v in data.items() if k not in NOT_RUN}
     out.update(filled)
     return out
 

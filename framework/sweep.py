@@ -18,7 +18,9 @@ import yaml
 
 from framework import naming
 from framework.errors import FrameworkError, SpecError
+from framework.runner import run
 from framework.spec import Spec, load_spec, resolve, spec_hash
+from framework.tracking import Tracker
 
 
 @dataclasses.dataclass
@@ -35,7 +37,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip() or not raw.strip():
-            raise SpecError(f"--grid {item!r}: expected key.path=v1,v2 (e.g. --grid loss.name=wgan_gp,hinge)")
+            raise SpecError(f"--grid {item!r}: expected key.path=v1,v2 (e.g. --grid seed=0,1,2)")
         raw = raw.strip()
         try:
             values = yaml.safe_load(raw) if raw.startswith("[") else [yaml.safe_load(v) for v in raw.split(",")]
@@ -77,9 +79,6 @@ def expand(path: str, registries, sets: list[str], grid_items: list[str], smoke:
 def run_sweep(path: str, registries, *, sets: list[str], grid_items: list[str], smoke: bool,
               tracking_uri: str | None, device: str | None, log: Callable[[str], None] = print) -> dict[str, str]:
     """Run every variant not already FINISHED; return label -> status (FINISHED, FAILED, SKIPPED)."""
-    from framework.runner import run
-    from framework.tracking import Tracker
-
     variants, sweep_hash = expand(path, registries, sets, grid_items, smoke)
     log(f"sweep of {len(variants)} variants, all valid")
     tracker = Tracker(tracking_uri)

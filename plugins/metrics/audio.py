@@ -44,6 +44,7 @@ class _AudioFrontEnd:
 
 
 class Tonality(Metric):
+    higher_is_better = {"tonality_fake_pct": True}
     @dataclasses.dataclass(frozen=True)
     class Params:
         bins: int = 128  # MDCT bins of the analysis (MP3net: 128)
@@ -69,6 +70,7 @@ class Tonality(Metric):
 
 
 class FrechetMdct(Metric):
+    higher_is_better = {"frechet_mdct": False}
     @dataclasses.dataclass(frozen=True)
     class Params:
         bins: int = 128  # MDCT bins of the analysis

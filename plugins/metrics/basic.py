@@ -8,7 +8,7 @@ apart, which is why the real models add their own metrics.
 ``shared_energy``: how much of the items' energy is the same in all of them, the mean inner product of two
 different items over their mean energy, mean_{i != j} <x_i, x_j> / mean_i ||x_i||^2, in percent: 100 when every
 item is the same, ~0 for independent zero-mean items, for real and generated items alike. A generator whose
-output hardly depends on z scores near 100 (MP3net's untrained generator: ~85 %, docs/mp3net.md), which its
+output hardly depends on z scores near 100 (MP3net's untrained generator: ~85 %, docs/notes/mp3net-small-cpu.md), which its
 other metrics need not show. Computed from the running sum and energy of the items: (||sum x_i||^2 - sum ||x_i||^2)
 / ((n - 1) sum ||x_i||^2).
 """
@@ -65,6 +65,7 @@ class _RealFake(Metric):
 
 
 class Moments(_RealFake):
+    higher_is_better = {"moments/std_diff": False, "moments/mean_diff": False}
     accumulator = _Moments
 
     def compute(self) -> dict[str, float]:
@@ -100,6 +101,7 @@ def shared_energy_pct(x: Tensor) -> float:
 
 
 class SharedEnergy(_RealFake):
+    higher_is_better = {"shared_energy_fake_pct": False}
     accumulator = _SharedEnergy
 
     def compute(self) -> dict[str, float]:

@@ -117,6 +117,7 @@ def _crossing(a: np.ndarray, start: int, stop: int, level: float) -> float:
 
 
 class Envelope(Metric):
+    higher_is_better = {"envelope_frechet": False}
     @dataclasses.dataclass(frozen=True)
     class Params:
         hop_ms: float = 2.9  # frame hop (64 samples at 22016 Hz)

@@ -89,6 +89,7 @@ def _tv(a: Tensor, b: Tensor) -> float:  # (n,), (m,) int64 values >= 0
 
 
 class PeakConcentration(Metric):
+    higher_is_better = {"peak_conc_fake": True, "peak_conc_block_fake": True}
     @dataclasses.dataclass(frozen=True)
     class Params:
         bins: int = 32  # K of the analysis MDCT: 344 Hz per bin at 22016 Hz, coarse enough that one sine is one peak
@@ -199,6 +200,7 @@ class HarmonicFit:
 
 
 class PitchHistogram(Metric):
+    higher_is_better = {"pitch_tv": False}
     @dataclasses.dataclass(frozen=True)
     class Params(HarmonicParams):  # the harmonic fit's params are used in mode "key" only
         bins: int = 32  # analysis MDCT bins for mode "peak_bin"
@@ -239,6 +241,7 @@ class PitchHistogram(Metric):
 
 
 class HarmonicConcentration(Metric):
+    higher_is_better = {"harmonic_conc_fake": True}
     Params = HarmonicParams
 
     def __init__(self, params: HarmonicParams, *, representation, data_info: DataInfo, runtime):

@@ -230,6 +230,7 @@ def _check_images(x: Tensor, name: str) -> None:
 
 class FidMnist(Metric):
     """Fréchet distance of real vs generated images in the MNIST classifier's 128-d feature space (0 is best)."""
+    higher_is_better = {"fid_mnist": False}
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -257,6 +258,7 @@ class FidMnist(Metric):
 
 class IsMnist(Metric):
     """Inception Score of the generated images under the MNIST classifier (10 is best; real test images: ~9.9)."""
+    higher_is_better = {"is_mnist": True}
 
     @dataclasses.dataclass(frozen=True)
     class Params:

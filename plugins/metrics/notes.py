@@ -1,5 +1,6 @@
 """Metrics that hear notes: ``frechet_transcriber`` and ``note_stats``, both on the piano transcription network of
-``transcriber.py`` (trained once on the rendered piano set's MIDI, cached, the same judge for every run).
+``transcriber.py`` (trained once on the rendered piano set's MIDI by ``transcriber_train.py``, on first use or by
+``python -m framework build-transcriber``, cached, the same judge for every run).
 
 ``frechet_transcriber``: every frame (23.3 ms) of every item gives one vector, the transcriber's 256 penultimate
 units before their ReLU (:meth:`Transcriber.embedding`); the metric is the Fréchet distance between the Gaussian
@@ -41,6 +42,7 @@ from framework.protocols import DataInfo, Metric
 from framework.runtime import no_autocast
 from plugins.common.stats import GaussianStats, frechet_distance
 from plugins.metrics import transcriber as tr
+from plugins.metrics.transcriber_train import load_or_build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +64,7 @@ class _Judge:
         if shared and dist.get_rank() != 0:
             dist.barrier()  # rank 0 renders and trains first, so the ranks never write the same files
         try:
-            self.net, self.meta = tr.load(params.root, params.recipe, self.device)
+            self.net, self.meta = load_or_build(params.root, params.recipe, self.device)  # trains it when missing
         except DataError as exc:
             raise DataError(f"metric '{name}': its transcriber is trained on the rendered piano set in "
                             f"{params.root}: {exc}; install what is named, or remove '{name}' from metrics:") from exc
@@ -96,6 +98,7 @@ class _Judge:
 
 
 class FrechetTranscriber(Metric):
+    higher_is_better = {"frechet_transcriber": False}
     Params = TranscriberParams
 
     def __init__(self, params: TranscriberParams, *, representation=None, data_info: DataInfo | None = None,
@@ -181,6 +184,7 @@ def pitch_class_distance(a: Tensor, b: Tensor) -> float:
 
 
 class NoteStats(Metric):
+    higher_is_better = {"notes_pitch_class_distance": False}
     @dataclasses.dataclass(frozen=True)
     class Params(TranscriberParams):
         threshold: float = 0.5  # key probability above which a key counts as sounding in a frame

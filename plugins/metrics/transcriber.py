@@ -1,5 +1,8 @@
 """A small frame-level piano transcription network, trained offline by the project on its own rendered piano
-set, whose features and piano rolls are the yardstick of ``plugins/metrics/notes.py``.
+set, whose features and piano rolls are the yardstick of ``plugins/metrics/notes.py``. This module is the judge as
+evaluation uses it: the front end, the network, the recipes and the cache of trained weights (checked and loaded).
+How it is trained (the labels, the rendered data, the training loop, ``python -m framework build-transcriber``) is
+in ``transcriber_train.py``; nothing here renders piano or imports a dataset.
 
 Why: FAD (Kilgour et al. 2019) needs VGGish or CLAP weights, which cannot be downloaded here. Like the MNIST
 LeNet (``mnist_classifier.py``), the judge is trained locally, by a fixed recipe, and cached; unlike downloaded
@@ -20,33 +23,24 @@ ReLU, two 2x max-pools over frequency) over (frames, bands), a per-frame linear 
 ``frechet_transcriber`` compares, :meth:`Transcriber.embedding`) and a linear layer to 88 key logits (A0 = MIDI
 21 ... C8 = 108).
 Its receptive field is 7 frames (163 ms) plus the 93 ms window: a frame-level model without Onsets and
-Frames' onset head and LSTM. The recipe can add white noise to a share of the segments (:func:`add_noise`);
-the default (since version 3) does not, so that noise moves the embedding (docs/metrics.md, "Validation").
-
-Labels (:func:`piano_roll`, :class:`Sounding`): key ``k`` sounds in frame ``t`` iff onset <= t * hop / rate <
-end, from the piece's MIDI (notes outside A0..C8 are left out), where ``end`` is the key-off or, when earlier,
-the moment the note has decayed ``sounding_db`` (30 dB) below its peak in the renderer; scores are reported
-against these sounding labels and against the held ones (onset to key-off). Data: the first ``hours`` of the
-piano set's render order
-(``piano.render_pieces``, the same renderer, splits and files as the ``piano`` dataset, rendered into the
-transcriber's own folder so a run's dataset is never touched); trained on its train split, scored on its test
-split (frame precision / recall / F1 at probability 0.5, counted over every (frame, key) cell as in
-mir_eval's frame metrics).
+Frames' onset head and LSTM. The recipe can add white noise to a share of the training segments
+(``transcriber_train.add_noise``); the default (since version 3) does not, so that noise moves the embedding
+(docs/metrics.md, "Validation").
 
 Cache: ``<root>/transcriber-<recipe>.pt`` with a JSON sidecar (the recipe, sha256 of the weights, sha256 of
 every audio and MIDI file it was trained on, the renderer, the test scores). A missing file, a changed
-recipe (``version`` included: bump it when this file's numerics change) or changed data retrain it. Numbers
-from different recipes or renderers are not comparable; the metrics tag which one they used.
+recipe (``version`` included: bump it when the numerics of this file or of ``transcriber_train.py`` change) or
+changed data make it invalid (:func:`read_sidecar`); :func:`load` then has it retrained by the ``build`` it is
+given (the note metrics give ``transcriber_train.build``) or says which command builds it. Numbers from different
+recipes or renderers are not comparable; the metrics tag which one they used.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
-import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,7 +54,6 @@ N_FFT, HOP, BANDS, F_MIN, F_MAX = 2048, 512, 229, 30.0, 8000.0
 LOG_FLOOR = 1e-4  # power floor of the log spectrogram (~ -94 dB re a full-scale sine)
 KEYS, LOWEST_KEY = 88, 21  # A0 .. C8
 DEFAULT_ROOT = "data/transcriber"
-ROW_KEYS = ("name", "split", "audio_filename", "midi_filename", "audio_start_seconds", "duration")
 
 # The training recipes (change -> retrain). "default" defines the metrics' units; "smoke" is for CI and tests.
 # Version 4: the same recipe as 3 on the piano set of render version 4 (velocities fixed), so old caches retrain.
@@ -120,65 +113,6 @@ def frames_of(samples: int) -> int:
     return samples // HOP + 1
 
 
-# ------------------------------------------------------------------------------------------- labels
-
-def piano_roll(notes: np.ndarray, frames: int, sounding: "Sounding | None" = None) -> np.ndarray:
-    """``notes`` float ``(n, >=5)`` rows (onset s, offset s, channel, key, velocity) -> bool ``(frames, 88)``.
-
-    Key ``k`` is on in frame ``t`` iff onset <= t * HOP / SAMPLE_RATE < end, keys outside A0..C8 left out.
-    ``end`` is the offset (the key is held: the MIDI's definition), or with ``sounding`` the earlier of the offset
-    and the moment the note has decayed ``sounding.db`` below its peak (the key still sounds)."""
-    roll = np.zeros((frames, KEYS), dtype=bool)
-    for onset, offset, _, key, velocity in notes[:, :5]:
-        k = int(key) - LOWEST_KEY
-        if not 0 <= k < KEYS:
-            continue
-        if sounding is not None:
-            offset = min(offset, onset + sounding.seconds(int(key), int(velocity)))
-        first = math.ceil(onset * SAMPLE_RATE / HOP - 1e-9)
-        last = math.ceil(offset * SAMPLE_RATE / HOP - 1e-9)  # first frame no longer sounding
-        roll[max(first, 0):min(last, frames), k] = True
-    return roll
-
-
-class Sounding:
-    """How long a held note of the renderer stays within ``db`` of its peak: the label's end for notes held
-    longer than they sound.
-
-    Why: the rendered piano has no pedal and no sustain loop, so a held note decays. Measured on the soundfont
-    piano, middle C falls 30 dB below its attack in about 1 s and A4 in 1.2 s, while the scores hold notes for
-    seconds, and in a few pieces for up to a minute: on the test split 17 % of the
-    held (frame, key) cells were over 4 s after their onset, where a frame-level network can hear nothing (its
-    recall there was 0.09). Labels that end when the sound does are what "which keys sound in this frame"
-    means, and training on them is what lifted the test frame F1 (docs/metrics.md, "The transcriber").
-
-    The decay is measured, not modelled: each (key, velocity) is rendered alone, held for
-    :attr:`MAX_SECONDS`, through the same renderer (velocities rounded to :attr:`VELOCITY_STEP`, since
-    soundfonts switch samples between velocity layers); the end is the first STFT frame after the peak whose
-    power is ``db`` below it (never: no cap). Memoised per process, so only the pairs the data plays are
-    rendered (891 pairs in 11 s for the 2 h set of render version 3)."""
-
-    MAX_SECONDS, VELOCITY_STEP = 10.0, 8
-    _memo: dict[tuple[str, float, int, int], float] = {}
-
-    def __init__(self, renderer: str, db: float):
-        self.renderer, self.db = renderer, float(db)
-
-    def seconds(self, key: int, velocity: int) -> float:
-        velocity = int(min(max(round(velocity / self.VELOCITY_STEP) * self.VELOCITY_STEP, 1), 127))
-        memo = (self.renderer, self.db, key, velocity)
-        if memo not in self._memo:
-            from plugins.datasets.piano import render_notes
-
-            x = render_notes(np.array([[0.0, self.MAX_SECONDS, 0, key, velocity]]), self.renderer, SAMPLE_RATE)
-            n = x.shape[1] // HOP
-            power = (x.mean(0)[:n * HOP].reshape(n, HOP).astype(np.float64) ** 2).mean(1)  # (frames,)
-            peak = int(np.argmax(power))
-            quiet = np.flatnonzero(power[peak:] < power[peak] * 10 ** (-self.db / 10))
-            self._memo[memo] = (peak + quiet[0]) * HOP / SAMPLE_RATE if len(quiet) else math.inf
-        return self._memo[memo]
-
-
 # ------------------------------------------------------------------------------------------- network
 
 class Transcriber(nn.Module):
@@ -215,17 +149,7 @@ class Transcriber(nn.Module):
         return self.head(self.features(audio))
 
 
-# ------------------------------------------------------------------------------------------- data
-
-@dataclasses.dataclass
-class Piece:
-    name: str
-    split: str
-    spec: Tensor  # (frames, BANDS) log-mel
-    roll: Tensor  # (frames, 88) bool: the keys that sound (the training target)
-    held: Tensor  # (frames, 88) bool: the keys that are held (the MIDI's notes, uncapped; scored beside)
-    energy: Tensor  # (frames,) STFT power summed over all bins (for noise at a given SNR)
-
+# ---------------------------------------------------------------------------------------------- cache
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -235,137 +159,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def render_data(root: str | Path, hours: float) -> tuple[list[dict], str]:
-    """The first ``hours`` of the piano set's render order, rendered into ``root`` (resumes): rows with
-    ``name``, ``split``, ``audio_filename``, ``midi_filename`` (relative to ``root``), and the renderer."""
-    from plugins.datasets.piano import Piano, choose_renderer, render_pieces
-
-    params = Piano.Params(root=str(root), hours=hours)
-    rows, _, _ = render_pieces(params)
-    return rows, choose_renderer(params.renderer, params.soundfont)
-
-
 def data_checksums(root: str | Path, rows: list[dict]) -> dict[str, str]:
     """sha256 of every audio and MIDI file of ``rows``, keyed by its path relative to ``root``."""
     root = Path(root)
     return {rel: _sha256(root / rel) for r in rows for rel in (r["audio_filename"], r["midi_filename"])}
 
-
-@torch.no_grad()
-def load_pieces(root: str | Path, rows: list[dict], front: FrontEnd, sounding: Sounding) -> list[Piece]:
-    """Decode each row's FLAC and MIDI into a log-mel spectrogram and its piano rolls (float32 / bool)."""
-    from plugins.common.audio_io import read_audio
-    from plugins.datasets.piano import midi_notes
-
-    root, pieces = Path(root), []
-    for r in rows:
-        audio = read_audio(root / r["audio_filename"], SAMPLE_RATE)  # (2, T)
-        power = front.power(audio[None])  # (1, frames, 1025)
-        spec = front.mel(power)[0]  # (frames, BANDS)
-        notes = midi_notes((root / r["midi_filename"]).read_bytes())
-        notes[:, :2] -= r["audio_start_seconds"]  # MIDI time -> time in the (leading-silence-trimmed) FLAC
-        roll, held = piano_roll(notes, spec.shape[0], sounding), piano_roll(notes, spec.shape[0])
-        pieces.append(Piece(r["name"], r["split"], spec, torch.from_numpy(roll), torch.from_numpy(held),
-                            power[0].sum(-1)))
-    return pieces
-
-
-# ------------------------------------------------------------------------------------------- training
-
-def _segments(pieces: list[Piece], length: int, rng: np.random.Generator, count: int,
-              ) -> tuple[Tensor, Tensor, Tensor]:
-    """``count`` random ``length``-frame segments (zero-padded short pieces), drawn proportionally to length."""
-    sizes = np.array([p.spec.shape[0] for p in pieces], dtype=np.float64)
-    which = rng.choice(len(pieces), size=count, p=sizes / sizes.sum())
-    specs = torch.full((count, length, BANDS), math.log(LOG_FLOOR))
-    rolls = torch.zeros((count, length, KEYS))
-    energy = torch.zeros(count)
-    for i, j in enumerate(which):
-        p = pieces[j]
-        start = int(rng.integers(0, max(p.spec.shape[0] - length, 0) + 1))
-        seg = slice(start, start + length)
-        n = p.spec[seg].shape[0]
-        specs[i, :n], rolls[i, :n], energy[i] = p.spec[seg], p.roll[seg].float(), p.energy[seg].mean()
-    return specs, rolls, energy  # (count, length, BANDS), (count, length, 88), (count,) mean energy per frame
-
-
-def add_noise(spec: Tensor, energy: Tensor, snr_db: Tensor, fb: Tensor) -> Tensor:
-    """Log-mel ``spec`` (B, frames, BANDS) of clean audio whose frames hold ``energy`` (B,) STFT power (summed
-    over all bins, on average) -> that of the audio plus white Gaussian noise at ``snr_db`` (B,), computed in
-    the power domain. White noise has the same expected power in every STFT bin, the SNR's share of the
-    signal's: energy / bins / 10^(snr / 10) (Parseval: the same ratio as in the waveform); its mel power per band
-    is Gamma-distributed with that mean times the filter's area and the band's effective number of bins (the
-    signal x noise cross term, zero on average, is left out). Matches noise added to the audio within ~0.1
-    log units per band (checked in tests/plugins/test_notes.py)."""
-    power = (spec.exp() - LOG_FLOOR).clamp_min(0.0)
-    width = fb.sum(0)  # (BANDS,): each band's filter area, in STFT bins
-    dof = width ** 2 / (fb ** 2).sum(0)  # effective number of independent bins per band
-    per_bin = energy.view(-1, 1, 1) / fb.shape[0] / 10 ** (snr_db.view(-1, 1, 1) / 10)
-    mean = (per_bin * width).clamp_min(1e-12)  # (B, 1, BANDS) expected noise power per band (> 0 for silence)
-    noise = torch.distributions.Gamma(dof.expand_as(power), (dof / mean).expand_as(power)).sample()
-    return torch.log(power + noise + LOG_FLOOR)
-
-
-def train(pieces: list[Piece], recipe: dict, *, progress: bool = True) -> Transcriber:
-    """A :class:`Transcriber` trained on ``pieces`` by ``recipe`` (Adam, cosine decay to 0, binary cross-entropy
-    per (frame, key)); a ``noise_prob`` share of the segments gets white noise at an SNR drawn uniformly from
-    ``snr_db`` (:func:`add_noise`; version 2 used 0.5 so that noisy piano would not be mistaken for no piano, the
-    default now uses none). Seeded through a forked RNG, so the caller's random streams are untouched."""
-    from tqdm.auto import tqdm
-
-    if not pieces:
-        raise DataError("transcriber: no training pieces")
-    frames = sum(p.spec.shape[0] for p in pieces)
-    per_step = recipe["segment_frames"] * recipe["batch_size"]
-    steps = max(1, round(recipe["epochs"] * math.ceil(frames / per_step)))
-    rng = np.random.default_rng(recipe["seed"])
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # callers may be inside no_grad (evaluation)
-        torch.manual_seed(recipe["seed"])
-        model = Transcriber(recipe["width"], recipe["dropout"])
-        fb = mel_filterbank()
-        opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-        model.train()
-        bar = tqdm(range(steps), desc=f"train transcriber ({frames / 43.0 / 3600:.2g} h)", disable=not progress,
-                   unit="step")
-        for _ in bar:
-            spec, roll, energy = _segments(pieces, recipe["segment_frames"], rng, recipe["batch_size"])
-            noisy = torch.rand(len(spec)) < recipe["noise_prob"]
-            if noisy.any():
-                lo, hi = recipe["snr_db"]
-                spec[noisy] = add_noise(spec[noisy], energy[noisy], lo + (hi - lo) * torch.rand(int(noisy.sum())), fb)
-            loss = F.binary_cross_entropy_with_logits(model.head(model.spec_features(spec)), roll)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return model.eval()
-
-
-@torch.no_grad()
-def frame_scores(model: Transcriber, pieces: list[Piece], threshold: float = 0.5) -> dict[str, float]:
-    """Frame-level precision, recall and F1 over every (frame, key) cell of ``pieces``, against the sounding
-    labels (``precision``, ``recall``, ``f1``: what the network is trained for) and the held ones (``held_*``:
-    Onsets and Frames' definition, up to the key-off)."""
-    model.eval()
-    counts = {"": [0, 0, 0], "held_": [0, 0, 0]}  # tp, fp, fn
-    for p in pieces:
-        pred = torch.sigmoid(model.head(model.spec_features(p.spec[None])))[0] > threshold
-        for prefix, truth in (("", p.roll), ("held_", p.held)):
-            c = counts[prefix]
-            c[0] += int((pred & truth).sum())
-            c[1] += int((pred & ~truth).sum())
-            c[2] += int((~pred & truth).sum())
-    out = {}
-    for prefix, (tp, fp, fn) in counts.items():
-        precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
-        out.update({f"{prefix}precision": precision, f"{prefix}recall": recall,
-                    f"{prefix}f1": 2 * precision * recall / max(precision + recall, 1e-12)})
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- cache
 
 def cache_paths(root: str | Path, recipe: str) -> tuple[Path, Path]:
     weights = Path(root) / f"transcriber-{recipe}.pt"
@@ -389,47 +187,31 @@ def read_sidecar(root: str | Path, recipe: str) -> dict | None:
     return meta
 
 
-def build(root: str | Path = DEFAULT_ROOT, recipe: str = "default", *, progress: bool = True) -> dict:
-    """Render the recipe's data into ``root`` if needed, train, score on the test split, write the cache
-    atomically; returns the sidecar."""
-    if recipe not in RECIPES:
-        raise DataError(f"transcriber recipe {recipe!r}; valid: {', '.join(RECIPES)}")
-    r = RECIPES[recipe]
-    started = time.perf_counter()
-    rows, renderer = render_data(root, r["hours"])
-    checksums = data_checksums(root, rows)
-    pieces = load_pieces(root, rows, FrontEnd(), Sounding(renderer, r["sounding_db"]))
-    model = train([p for p in pieces if p.split == "train"], r, progress=progress)
-    scores = {split: frame_scores(model, [p for p in pieces if p.split == split]) for split in ("validation", "test")}
-    weights, sidecar = cache_paths(root, recipe)
-    tmp = weights.with_name(f".{weights.name}.tmp")
-    torch.save({k: v for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(weights)  # atomic: concurrent runs never read half a file
-    hours = {s: sum(p.spec.shape[0] for p in pieces if p.split == s) * HOP / SAMPLE_RATE / 3600
-             for s in ("train", "validation", "test")}
-    meta = {"recipe": r, "recipe_name": recipe, "sha256": _sha256(weights), "renderer": renderer,
-            "rows": [{k: row[k] for k in ROW_KEYS} for row in rows],
-            "data_sha256": checksums, "hours": hours, "test": scores["test"], "validation": scores["validation"],
-            "train_seconds": time.perf_counter() - started,
-            "torch": torch.__version__}
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    tmp.replace(sidecar)
-    return meta
-
-
 _LOADED: dict[tuple[str, str], tuple[Transcriber, dict]] = {}
 
 
-def load(root: str | Path = DEFAULT_ROOT, recipe: str = "default", device: torch.device | str = "cpu",
-         ) -> tuple[Transcriber, dict]:
-    """The cached transcriber of ``root`` (trained first when missing or out of date) and its sidecar."""
+def check_recipe(recipe: str) -> None:
+    """DataError unless ``recipe`` names one of :data:`RECIPES`."""
+    if recipe not in RECIPES:
+        raise DataError(f"transcriber recipe {recipe!r}; valid: {', '.join(RECIPES)}")
+
+
+def load(root: str | Path = DEFAULT_ROOT, recipe: str = "default", device: torch.device | str = "cpu", *,
+         build: Callable[[str | Path, str], dict] | None = None) -> tuple[Transcriber, dict]:
+    """The cached transcriber of ``root`` and its sidecar. Where the cache is missing or out of date,
+    ``build(root, recipe)`` makes it first (``transcriber_train.load_or_build`` passes ``transcriber_train.build``,
+    which renders and trains); without ``build``, a DataError naming the command that does."""
     weights, _ = cache_paths(root, recipe)
     key = (str(weights.resolve()), str(device))
     if key in _LOADED:
         return _LOADED[key]
     meta = read_sidecar(root, recipe) if recipe in RECIPES else None
     if meta is None:
+        if build is None:
+            check_recipe(recipe)
+            raise DataError(f"{weights}: no valid trained transcriber (missing, of another recipe, or its data "
+                            f"changed); build it: python -m framework build-transcriber --root {root} "
+                            f"--recipe {recipe}")
         meta = build(root, recipe)
     model = Transcriber(meta["recipe"]["width"])
     try:
@@ -441,27 +223,3 @@ def load(root: str | Path = DEFAULT_ROOT, recipe: str = "default", device: torch
     return _LOADED[key]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m plugins.metrics.transcriber [--root DIR] [--recipe NAME] [--retrain]``: build (or check) the
-    cache and print its test scores."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m plugins.metrics.transcriber", description=main.__doc__)
-    ap.add_argument("--root", default=DEFAULT_ROOT)
-    ap.add_argument("--recipe", default="default", choices=sorted(RECIPES))
-    ap.add_argument("--retrain", action="store_true", help="train again even when the cache is valid")
-    args = ap.parse_args(argv)
-    meta = None if args.retrain else read_sidecar(args.root, args.recipe)
-    if meta is None:
-        meta = build(args.root, args.recipe)
-    t = meta["test"]
-    validation = f"validation F1 {meta['validation']['f1']:.3f}; " if "validation" in meta else ""
-    print(f"transcriber {cache_paths(args.root, args.recipe)[0]}: test frame precision {t['precision']:.3f}, "
-          f"recall {t['recall']:.3f}, F1 {t['f1']:.3f} on the sounding notes (held notes: F1 {t['held_f1']:.3f}; "
-          f"{validation}train {meta['hours']['train']:.2f} h, test {meta['hours']['test']:.2f} h, "
-          f"{meta['renderer']}; built in {meta['train_seconds']:.0f} s)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

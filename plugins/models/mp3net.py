@@ -25,7 +25,7 @@ reals and fakes alike (``mdct_psy``: threshold-scaled noise, gradients not stopp
 Init: Glorot-uniform kernels and zero biases, as Keras (the default, ``init: glorot``). ``init: he`` draws every
 kernel from He et al. 2015's leaky-ReLU init instead (the generator's output conv scaled by ``HE_OUTPUT_GAIN``), and
 ``he_critic`` only the critic's: the Glorot critic starts with an input gradient of ~1e-4 (the penalty asks for 1),
-and the small CPU spec trains measurably better with ``he`` (docs/mp3net.md, "Initialisation").
+and the small CPU spec trains measurably better with ``he`` (docs/notes/mp3net-small-cpu.md, "Initialisation").
 
 ``ema`` > 0 samples from an exponential moving average of G's weights (averaging.py; the original has none, so it
 is off by default).
@@ -55,7 +55,7 @@ G_CONTEXT = (4, 2)  # rows of past | future context per window where G splits (s
 G_SHAVE = (64, 32)  # G_CONTEXT after two blocks of x4 time: shaved off at the join (spec §3.4 step 7)
 D_CONTEXT = (35, 50)  # critic window context in MDCT blocks (spec §3.5 step 2); the shaving below assumes 85 rows
 HE_OUTPUT_GAIN = 0.01  # init "he": G's output conv scale; an untrained clip then starts at -37 to -47 dB, near
-#                       piano's low-band level (-52 dB), instead of a saturated tanh (docs/mp3net.md)
+#                       piano's low-band level (-52 dB), instead of a saturated tanh (docs/notes/mp3net-small-cpu.md)
 CRITIC_DENSE = 512  # units of the critic's hidden Dense (spec §3.5 step 10), capped by max_channels
 
 
@@ -157,7 +157,7 @@ class Generator(nn.Module):
     ``norm`` (not in the paper, which has no normalisation in G or D, spec §3.1) puts a BatchNorm2d before every
     LeakyReLU, as DCGAN's generator. Why: without it the untrained generator's output is mostly the same for every
     z (a deep LeakyReLU stack adds a positive mean at each activation, which the next conv carries on as a fixed
-    pattern: ~85 % of 16 samples' energy is common to all of them, docs/mp3net.md "Samples that do not depend on
+    pattern: ~85 % of 16 samples' energy is common to all of them, docs/notes/mp3net-small-cpu.md "Samples that do not depend on
     z"). Batch statistics remove each channel's mean at every layer, not a pattern that varies with position:
     measured on the small spec, the share falls to ~63 % untrained and 56 - 64 % after 300 steps, and the run
     learns the level profile more slowly. The windowed top blocks normalise over all windows of the batch.

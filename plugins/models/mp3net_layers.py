@@ -149,7 +149,7 @@ def he_uniform_(module: nn.Module, slope: float = LRELU_SLOPE) -> nn.Module:
     of stride s reaches k^2 c_in / s_h s_w). Biases stay zero. Not the paper's init (Glorot, spec §3.1): in a
     Glorot conv whose channels double, followed by LeakyReLU(0.2), the signal keeps ~1/3 of its variance, so
     MP3net's untrained critic has an input gradient of ~1e-4 where the gradient penalty asks for 1
-    (docs/mp3net.md, "Initialisation")."""
+    (docs/notes/mp3net-small-cpu.md, "Initialisation")."""
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, nn.Linear):

@@ -187,8 +187,8 @@ class MdctPsy(Mdct):
     ``mdct`` ablation with the same parameters. ``critic_scale: threshold`` (not in the paper) shows the critic
     that divided by the threshold, i.e. in units of audibility: a coefficient at 1 is just masked, whatever its
     band, so errors in the quiet high band weigh as much as in the loud low band (on raw amplitudes the critic's
-    unit-gradient budget goes to the loud bins; docs/mp3net.md, "Level per MDCT bin"). Measured on the small spec:
-    worse, the penalty does not hold in these units (docs/mp3net.md, "A critic in masking-threshold units").
+    unit-gradient budget goes to the loud bins; docs/notes/mp3net-small-cpu.md, "Level per MDCT bin"). Measured on the small spec:
+    worse, the penalty does not hold in these units (docs/notes/mp3net-small-cpu.md, "A critic in masking-threshold units").
     ``critic_scale: log_threshold`` (not in the paper either) compresses that ratio, asinh(X / threshold): linear
     within the threshold (the noise stays N(0, 1/36)), logarithmic above it.
     encode/decode/shape as ``mdct`` (N = T // K + 1 blocks; MP3net's 16384-block clips are T = 16383 * 128

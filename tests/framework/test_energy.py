@@ -1,6 +1,6 @@
 """The energy meter without hardware: injected clocks, CPU-time and power readers, fake RAPL files and a fake
 NVML; a real child process burning CPU; metric and tag names; the fallback chain per source; the summary and
-`python -m framework.energy`; `report` choosing (estimated) energy over wall time."""
+`python -m framework energy`; `report` choosing (estimated) energy over wall time."""
 
 import subprocess
 import sys
@@ -9,11 +9,12 @@ import types
 import pytest
 import torch
 
-from framework import energy
-from framework.energy import EnergyMeter, Source, _Counter, _CpuTime, _PowerIntegral, cpu_source, gpu_source
+from framework import cli, energy
+from framework.energy import (EnergyConfig, EnergyMeter, Source, _Counter, _CpuTime, _PowerIntegral, cpu_source,
+                              gpu_source)
 from framework.errors import SpecError
 from framework.report import collect, report
-from framework.spec import EnergyConfig, load_spec
+from framework.spec import load_spec
 from tests.framework.test_runner import SPEC
 from tests.framework.test_sweep_report import REGISTRIES, fake_store  # noqa: F401 (a fixture)
 
@@ -234,10 +235,10 @@ def test_summary_labels_and_the_command(tmp_path, monkeypatch, capsys):
     assert energy.kind_label(["gpu"]) == "measured" and energy.kind_label(["cpu_estimated"]) == "estimated"
     assert any(line.startswith("  CO2e:") and line.endswith("partly estimated (cpu)") for line in lines)
     monkeypatch.setenv("FRAMEWORK_RUNS_DIR", str(tmp_path))
-    assert energy.main(["--last"]) == 2 and "no run has an energy record" in capsys.readouterr().err
+    assert cli.main(["energy", "--last"]) == 2 and "no run has an energy record" in capsys.readouterr().err
     m.write(tmp_path / "abc123")
-    assert energy.main(["--last"]) == 0 and "run abc123: energy" in capsys.readouterr().out
-    assert energy.main(["nope"]) == 2 and "nope/energy.json: no energy record" in capsys.readouterr().err
+    assert cli.main(["energy", "--last"]) == 0 and "run abc123: energy" in capsys.readouterr().out
+    assert cli.main(["energy", "nope"]) == 2 and "nope/energy.json: no energy record" in capsys.readouterr().err
 
 
 def test_spec_rejects_negative_power():

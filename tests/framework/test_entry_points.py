@@ -1,6 +1,6 @@
 """A separately installed package that declares an entry point in group ``framework`` shows up in
-``python -m framework plugins`` and its model runs from a spec; so does the README's example package, built
-from the README's own text so the two cannot drift."""
+``python -m framework plugins`` and its model runs from a spec; so does the example package of docs/guide.md
+("Writing a plugin module"), built from the guide's own text so the two cannot drift."""
 
 import os
 import re
@@ -117,29 +117,29 @@ def test_blocking_the_entry_point_hides_it(site, tmp_path):
     assert out.returncode == 0 and "hello_gan" not in out.stdout
 
 
-# ---------------------------------------------------------------- the README's plugin package, as written there
+# ---------------------------------------------------------------- the guide's plugin package, as written there
 
-def readme_plugin_section() -> str:
-    text = (ROOT / "README.md").read_text()
+def guide_plugin_section() -> str:
+    text = (ROOT / "docs" / "guide.md").read_text()
     return text.split("## Writing a plugin module", 1)[1].split("\n## ", 1)[0]
 
 
-def readme_blocks(section: str) -> list[tuple[str, str]]:
-    """(language, body) of each fenced block of the README section."""
+def guide_blocks(section: str) -> list[tuple[str, str]]:
+    """(language, body) of each fenced block of the guide's section."""
     return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
 
 
 @pytest.fixture(scope="module")
-def readme_site(tmp_path_factory):
-    """The README's package built from its text: each block whose first line is `# <path>` is that file, plus
+def guide_site(tmp_path_factory):
+    """The guide's package built from its text: each block whose first line is `# <path>` is that file, plus
     the empty `my_pkg/__init__.py` the prose names; installed like `pip install .` (into a --target folder, so
     the test environment is left as it was)."""
-    section = readme_plugin_section()
+    section = guide_plugin_section()
     assert "`my_pkg/__init__.py`" in section
-    pkg = tmp_path_factory.mktemp("readme") / "my-pkg"
+    pkg = tmp_path_factory.mktemp("guide") / "my-pkg"
     (pkg / "my_pkg").mkdir(parents=True)
     (pkg / "my_pkg" / "__init__.py").write_text("")
-    files = [body.split("\n", 1) for lang, body in readme_blocks(section) if lang in ("python", "toml")]
+    files = [body.split("\n", 1) for lang, body in guide_blocks(section) if lang in ("python", "toml")]
     assert {first for first, _ in files} == {"# my_pkg/my_loss.py", "# pyproject.toml"}
     for first, body in files:
         (pkg / first[2:]).write_text(body)
@@ -150,15 +150,15 @@ def readme_site(tmp_path_factory):
     return target
 
 
-def test_readme_plugin_package_installs_is_listed_and_runs(readme_site, tmp_path):
-    commands = [shlex.split(line.split("  #")[0])[3:] for lang, body in readme_blocks(readme_plugin_section())
+def test_guide_plugin_package_installs_is_listed_and_runs(guide_site, tmp_path):
+    commands = [shlex.split(line.split("  #")[0])[3:] for lang, body in guide_blocks(guide_plugin_section())
                 if lang == "bash" for line in body.splitlines() if line.startswith("python -m framework ")]
     assert [c[0] for c in commands] == ["plugins", "run"]
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "FRAMEWORK_RUNS_DIR": str(tmp_path / "runs")}
-    listed = framework(readme_site, *commands[0], env=env)
+    listed = framework(guide_site, *commands[0], env=env)
     assert listed.returncode == 0, listed.stderr
     line = next(l for l in listed.stdout.splitlines() if "least_squares" in l)
     assert "LeastSquares" in line and "my_pkg.my_loss" in line and "[my-pkg 0.1.0]" in line
-    ran = framework(readme_site, *commands[1], env=env)
+    ran = framework(guide_site, *commands[1], env=env)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert re.search(r"FINISHED after \d+ steps", ran.stdout)

