@@ -1,7 +1,8 @@
 """``python -m framework bench SPEC``: time one training step of several variants of a spec, in one run.
 
 Each variant is the spec with ``--set``-style overrides: ``--variant name:key=v,key=v``, else the spec's own
-``bench:`` list (``- {name: NAME, set: [key=v, ...]}``: the variants the docs report), else the spec as it is. Timing uses synthetic batches of the representation's shape, so no data is needed:
+``bench:`` list (``- {name: NAME, set: [key=v, ...]}``: the variants the docs report), else the spec as it is.
+Timing uses synthetic batches of the shape ``Dataset.describe`` gives, so no data is needed:
 after ``--warmup`` steps, ``--steps`` calls of ``model.train_step`` are timed with the device synchronised
 only around the whole loop. Reported per variant: seconds per step (median of ``--repeats`` loops), peak
 device memory, the share of the step spent in the representation (encode + the two ``critic_view`` calls of

@@ -211,7 +211,8 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="quality vs energy table and Pareto plot across an experiment's runs")
     rp.add_argument("experiment", help="MLflow experiment name (the spec's experiment:)")
     rp.add_argument("--metric", help="quality metric key, e.g. eval/NAME (default: chosen from the runs' "
-                                     "metrics: the first distance, else score, that the specs' metric plugins declare; the report says which)")
+                                     "metrics: the first distance, else score, that the specs' metric plugins declare; "
+                                     "the report says which)")
     rp.add_argument("--better", choices=("higher", "lower"),
                     help="direction of the metric (default: as its metric plugin declares, else lower)")
     rp.add_argument("--out", help="output folder (default outputs/report/EXPERIMENT)")

@@ -18,9 +18,10 @@ lists the metrics the runs have, with a close match) or, by default, the quality
 the runs' specs declare (:attr:`framework.protocols.Metric.higher_is_better`, in the order of the specs'
 ``metrics:`` lists): the first declared distance (lower is better) that a run has, else the first declared
 score, else the runs' first ``eval/*`` metric in alphabetical order. Its direction is ``--better``, else the
-declared one, else lower is better (the report says which). Wall time is the run's ``perf/run_s`` (seconds actually spent running, summed over resumed sessions;
-see :mod:`framework.runner`); runs logged before that metric existed fall back to end minus start time,
-which counts any downtime before a resume, and the table marks them.
+declared one, else lower is better (the report says which). Wall time is the run's ``perf/run_s`` (seconds
+actually spent running, summed over resumed sessions; see :mod:`framework.runner`); runs logged before that
+metric existed fall back to end minus start time, which counts any downtime before a resume, and the table marks
+them.
 
 The outputs are logged as artifacts of a run in the separate experiment ``<EXPERIMENT>/reports`` (one run
 per call, named ``report:<metric>``), so reports never mix with the training runs in MLflow's run list,
